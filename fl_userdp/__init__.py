@@ -1,0 +1,8 @@
+"""fl-userdp: fine-tuning with user-level differential privacy on Flower.
+
+The core (this package, except `fl_userdp.local`) imports only the standard
+library, numpy, scipy and dp_accounting. Torch, transformers, peft and opacus
+live in `fl_userdp.local`; Flower lives in the top-level `clients` and
+`server` packages.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""User-level privacy accounting for ULS and ELS (pure: numpy, scipy, dp_accounting).
+
+Public API: the events (`UlsRound`, `ElsStep`, `make_event`), the ledger
+(`UserLevelAccountant`), `epsilon_for` and `calibrate_noise`.
+"""
+from .accountant import BACKENDS, UserLevelAccountant, check_backend, check_delta, epsilon_for
+from .calibration import calibrate_noise
+from .events import MODES, ElsStep, Event, UlsRound, make_event
+
+__all__ = [
+    "BACKENDS", "MODES", "ElsStep", "Event", "UlsRound", "UserLevelAccountant",
+    "calibrate_noise", "check_backend", "check_delta", "epsilon_for", "make_event",
+]

@@ -1,0 +1,164 @@
+"""The privacy ledger: user-level epsilon, round by round.
+
+`UserLevelAccountant` has the shape of Flower's accountant protocol (compose,
+epsilon, would-exceed, state_dict/load_state_dict) but composes our frozen
+events (`UlsRound`, `ElsStep`) and keeps a per-round epsilon history. It
+changes only when a release is composed; a checkpoint stores `state_dict()`
+and a resumed run restores it, so budget is never reset.
+
+Backends: 'pld' (default, tight for both modes), 'rdp' (ULS only), 'group'
+(ELS only: example-level accounting lifted by group privacy, the loose
+baseline). Reported epsilons are upper bounds; the history is kept
+non-decreasing by taking the running maximum of the computed bounds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from .events import ElsStep, Event, UlsRound, make_event
+from .group import group_epsilon
+from .pld import Run
+from .pld import epsilon as pld_epsilon
+from .rdp import check_supported, rdp_epsilon
+
+BACKENDS = ("pld", "rdp", "group")
+STATE_VERSION = 1
+
+
+def check_delta(delta: float, key: str = "delta") -> float:
+    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not (0.0 < delta < 1.0):
+        raise ConfigError(key, delta, "must be in (0, 1)")
+    return float(delta)
+
+
+def check_backend(backend: str, mode: str | None = None) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError("accountant", backend, f"must be one of {list(BACKENDS)}")
+    if backend == "rdp" and mode is not None:
+        check_supported(mode)
+    if backend == "group" and mode == "uls":
+        raise ConfigError(
+            "accountant", backend,
+            "applies to mode 'els' only (ULS is accounted at user level directly)",
+        )
+    return backend
+
+
+def epsilon_for(runs: Sequence[Run], delta: float, backend: str = "pld") -> float:
+    """User-level epsilon of `runs` at `delta` with the named backend."""
+    fn: Callable[[Sequence[Run], float], float] = {
+        "pld": pld_epsilon, "rdp": rdp_epsilon, "group": group_epsilon
+    }[check_backend(backend)]
+    return fn(runs, check_delta(delta))
+
+
+def _merge(runs: list[Run], event: Event, count: int) -> list[Run]:
+    runs = list(runs)
+    if runs and runs[-1][0] == event:
+        runs[-1] = (event, runs[-1][1] + count)
+    else:
+        runs.append((event, count))
+    return runs
+
+
+def _event_to_dict(event: Event) -> dict[str, Any]:
+    return {"mode": event.mode, **asdict(event)}
+
+
+def _event_from_dict(d: dict[str, Any]) -> Event:
+    return make_event(
+        d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user")
+    )
+
+
+class UserLevelAccountant:
+    """Composes user-level privacy events and reports epsilon at a fixed delta."""
+
+    def __init__(self, delta: float, backend: str = "pld") -> None:
+        self.delta = check_delta(delta)
+        self.backend = check_backend(backend)
+        self._runs: list[Run] = []
+        self.history: list[float] = []
+        self._cache: dict[tuple, float] = {}
+
+    # -- queries ------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return sum(c for _, c in self._runs)
+
+    @property
+    def runs(self) -> list[Run]:
+        return list(self._runs)
+
+    def _eps(self, runs: Sequence[Run], delta: float) -> float:
+        key = (tuple(runs), delta)
+        if key not in self._cache:
+            self._cache[key] = epsilon_for(runs, delta, self.backend)
+        return self._cache[key]
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """Epsilon spent so far at `delta` (default: the run's delta)."""
+        if delta is None or delta == self.delta:
+            current = self._eps(self._runs, self.delta)
+            return max([current, *self.history[-1:]])
+        return self._eps(self._runs, check_delta(delta))
+
+    get_epsilon = epsilon
+
+    def epsilon_after(self, event: Event, count: int = 1) -> float:
+        """Epsilon the ledger would report after `count` more releases of `event`."""
+        self._check_event(event)
+        after = self._eps(_merge(self._runs, event, count), self.delta)
+        return max([after, *self.history[-1:]])
+
+    def would_exceed(self, event: Event, max_epsilon: float, count: int = 1) -> bool:
+        """True when composing `event` `count` more times would pass `max_epsilon`."""
+        return self.epsilon_after(event, count) > max_epsilon
+
+    # -- updates ------------------------------------------------------------
+    def _check_event(self, event: Event) -> None:
+        if not isinstance(event, (UlsRound, ElsStep)):
+            raise TypeError(f"expected UlsRound or ElsStep, got {type(event).__name__}")
+        check_backend(self.backend, event.mode)
+
+    def compose(self, event: Event, count: int = 1) -> float:
+        """Record `count` releases of `event`; return the new epsilon at the run's delta."""
+        if count < 0:
+            raise ConfigError("count", count, "must be >= 0")
+        if count == 0:
+            return self.epsilon()
+        eps = self.epsilon_after(event, count)
+        self._runs = _merge(self._runs, event, count)
+        self.history.append(eps)
+        return eps
+
+    # -- persistence ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "backend": self.backend,
+            "delta": self.delta,
+            "runs": [{**_event_to_dict(e), "count": c} for e, c in self._runs],
+            "history": [None if math.isinf(h) else h for h in self.history],
+            "history_infinite": [math.isinf(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ConfigError("ledger.version", (state or {}).get("version") if isinstance(state, dict) else state,
+                              f"must be {STATE_VERSION}")
+        if state.get("backend") != self.backend:
+            raise ConfigError("ledger.backend", state.get("backend"), f"must match the run's accountant {self.backend!r}")
+        if state.get("delta") != self.delta:
+            raise ConfigError("ledger.delta", state.get("delta"), f"must match the run's delta {self.delta!r}")
+        runs = [(_event_from_dict(r), int(r["count"])) for r in state["runs"]]
+        infinite = state.get("history_infinite") or [False] * len(state["history"])
+        history = [math.inf if inf else float(h) for h, inf in zip(state["history"], infinite)]
+        self._runs, self.history = runs, history
+
+    def __repr__(self) -> str:
+        return (f"UserLevelAccountant(backend={self.backend!r}, delta={self.delta}, "
+                f"steps={self.steps}, epsilon={self.epsilon():.4g})")

@@ -1,0 +1,61 @@
+"""Noise calibration: the smallest σ whose user-level ε meets a target.
+
+Bisection on σ with the same accountant code that later reports ε; the
+returned σ is always on the feasible side (its ε ≤ target), so calibration
+never overshoots the target. Relative σ tolerance 1e-3 by default.
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+from .accountant import epsilon_for
+from .events import make_event
+
+MAX_SIGMA = 1e4
+
+
+def calibrate_noise(
+    mode: str,
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+    max_examples_per_user: int | None = None,
+    backend: str = "pld",
+    rel_tol: float = 1e-3,
+) -> tuple[float, float]:
+    """Return (σ, achieved ε) for `steps` releases of the mode's event."""
+    if not isinstance(target_epsilon, (int, float)) or not (target_epsilon > 0) or math.isinf(target_epsilon):
+        raise ConfigError("target-epsilon", target_epsilon, "must be a finite number > 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError("steps", steps, "must be an integer >= 0")
+
+    def eps(sigma: float) -> float:
+        event = make_event(mode, sampling_rate, sigma, max_examples_per_user)
+        return epsilon_for([(event, steps)], delta, backend)
+
+    if steps == 0:
+        make_event(mode, sampling_rate, 0.0, max_examples_per_user)  # validates
+        return 0.0, 0.0
+    hi = 1.0
+    e_hi = eps(hi)
+    while e_hi > target_epsilon:
+        hi *= 2.0
+        if hi > MAX_SIGMA:
+            raise ConfigError("target-epsilon", target_epsilon, f"is unreachable with noise multiplier <= {MAX_SIGMA:g}")
+        e_hi = eps(hi)
+    lo = hi / 2.0
+    while eps(lo) <= target_epsilon:
+        hi, e_hi = lo, eps(lo)
+        lo /= 2.0
+        if lo < 1e-3:
+            return hi, e_hi
+    while (hi - lo) > rel_tol * hi:
+        mid = math.sqrt(lo * hi)
+        e_mid = eps(mid)
+        if e_mid <= target_epsilon:
+            hi, e_hi = mid, e_mid
+        else:
+            lo = mid
+    return hi, e_hi

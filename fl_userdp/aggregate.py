@@ -1,0 +1,45 @@
+"""Sum clipped records, add Gaussian noise once, divide by the expected count.
+
+This is the single place where a release is formed. The denominator is the
+*expected* number of contributions (q·N users for ULS, q·n_k examples for
+ELS), never the number that replied: dividing by a data-dependent count would
+leak it and is not what the accountant analyses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .noise import gaussian_noise
+
+
+def expected_count(mode: str, sampling_rate: float, num_users: int, capped_total: int | None = None) -> float:
+    """q·N for ULS; q·n_k for ELS (n_k = Σ min(n_u, k))."""
+    if mode == "uls":
+        return sampling_rate * num_users
+    if mode == "els":
+        if capped_total is None:
+            raise ValueError("ELS needs n_k, the number of kept examples")
+        return sampling_rate * capped_total
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One noisy mean and how it was formed."""
+
+    update: np.ndarray
+    noise_std: float        # σ·C, before division
+    expected_count: float
+
+
+def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expected: float,
+            rng: np.random.Generator | None, secure: bool = False) -> Release:
+    """(Σ clipped + N(0, σ²C²·I)) / expected count."""
+    if expected <= 0:
+        raise ValueError(f"expected count must be > 0, got {expected}")
+    std = noise_multiplier * clip_norm
+    flat = np.asarray(total, dtype=np.float64).ravel()
+    noisy = flat + gaussian_noise(flat.size, std, rng, secure)
+    return Release(update=(noisy / expected).reshape(np.shape(total)), noise_std=std, expected_count=expected)

@@ -1,0 +1,5 @@
+"""Registry of subcommands beyond the accountant ones (imported by the CLI).
+
+Each module imported here registers itself with `cli.command`; modules keep
+their heavy imports (torch, flwr) inside the command functions.
+"""

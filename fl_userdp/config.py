@@ -1,0 +1,258 @@
+"""Run configuration: flat keys (Flower run-config style) parsed once into frozen dataclasses.
+
+The flat key names are the schema: they are what `[tool.flwr.app.config]`,
+`--config FILE` (TOML) and `--set key=value` accept. Parsing validates every
+value and raises `ConfigError` naming the key and the value; unknown keys are
+refused (with a suggestion) rather than ignored.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: str = "uls"                 # "uls" | "els"
+    clip_norm: float = 1.0            # C
+    noise_multiplier: float | None = None  # σ; None -> calibrated from target_epsilon
+    target_epsilon: float = 8.0       # used when noise_multiplier is None
+    delta: float = 1e-5
+    sampling_rate: float = 0.1        # users (ULS) or kept examples (ELS)
+    max_examples_per_user: int = 8    # k
+    accountant: str = "pld"           # "pld" | "rdp" | "group"
+    max_epsilon: float | None = None  # budget stop; None = no stop
+    secure_noise: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rounds: int = 20
+    server_optimizer: str = "adam"    # "sgd" | "adam"
+    server_lr: float = 0.01
+    update: str = "gradient"          # ULS: "gradient" | "local-steps"
+    local_steps: int = 1              # τ for local-steps mode
+    local_lr: float = 0.1
+    local_batch_size: int = 8
+    eval_every: int = 1
+    eval_examples: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"                # "tiny" (built from config) or a local HF folder / .gguf file
+    vocab_size: int = 128             # tiny model only
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    seq_len: int = 32
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_targets: str = "auto"        # comma-separated module names, or "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"         # "synthetic" or a path to a user-partitioned dataset
+    num_users: int = 256
+    heldout_users: int = 32
+    examples_per_user_median: float = 12.0
+    examples_per_user_sigma: float = 1.0   # log-normal spread of n_u
+    user_diversity: float = 0.5       # 0: a user's examples are alike; 1: as varied as the population
+    user_column: str = "user"
+    text_column: str = "text"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    users_per_node: int = 64
+    ray_address: str = ""             # "" starts a local Ray; "auto" or host:port attaches
+    cpus_per_node: float = 1.0
+    num_cpus: int = 2                 # for a locally started Ray
+    reply_timeout: float = 300.0      # seconds; late replies count as failures
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    out: str = "runs/latest"
+    checkpoint_every: int = 0         # rounds; 0 = only at the end
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+_SECTIONS = {"privacy": PrivacyConfig, "train": TrainConfig, "model": ModelConfig, "data": DataConfig, "sim": SimConfig}
+
+
+def _flat_schema() -> dict[str, tuple[str | None, str, Any]]:
+    """flat key -> (section or None, field name, default)."""
+    schema: dict[str, tuple[str | None, str, Any]] = {}
+    for f in fields(RunConfig):
+        if f.name in _SECTIONS:
+            for g in fields(_SECTIONS[f.name]):
+                schema[f"{f.name}.{g.name.replace('_', '-')}"] = (f.name, g.name, g.default)
+        else:
+            schema[f.name.replace("_", "-")] = (None, f.name, f.default)
+    return schema
+
+
+SCHEMA = _flat_schema()
+_OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon"}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a raw value (from TOML, CLI strings or Flower run config) to the field's type."""
+    if key in _OPTIONAL_FLOATS:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
+            return None
+        default = 0.0
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        raise ConfigError(key, value, "must be true or false")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "must be an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value) if not isinstance(value, float) else _raise()
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, "must be an integer") from None
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "must be a number")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, "must be a number") from None
+        if math.isnan(out):
+            raise ConfigError(key, value, "must be a number")
+        return out
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "must be a string")
+    return value
+
+
+def _raise() -> Any:
+    raise ValueError
+
+
+def _check(cfg: RunConfig) -> RunConfig:
+    p, t, m, d, s = cfg.privacy, cfg.train, cfg.model, cfg.data, cfg.sim
+
+    def need(ok: bool, key: str, value: Any, requirement: str) -> None:
+        if not ok:
+            raise ConfigError(key, value, requirement)
+
+    need(p.mode in ("uls", "els"), "privacy.mode", p.mode, "must be 'uls' or 'els'")
+    need(0 < p.clip_norm < math.inf, "privacy.clip-norm", p.clip_norm, "must be > 0")
+    need(p.noise_multiplier is None or 0 <= p.noise_multiplier < math.inf, "privacy.noise-multiplier",
+         p.noise_multiplier, "must be >= 0 (or 'auto' to calibrate)")
+    need(0 < p.target_epsilon < math.inf, "privacy.target-epsilon", p.target_epsilon, "must be > 0")
+    need(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
+    need(0 < p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate, "must be in (0, 1]")
+    need(p.max_examples_per_user >= 1, "privacy.max-examples-per-user", p.max_examples_per_user, "must be >= 1")
+    need(p.accountant in ("pld", "rdp", "group"), "privacy.accountant", p.accountant, "must be 'pld', 'rdp' or 'group'")
+    need(not (p.accountant == "rdp" and p.mode == "els"), "privacy.accountant", p.accountant,
+         "'rdp' has no analysis of the ELS mixture event; use 'pld' or 'group'")
+    need(not (p.accountant == "group" and p.mode == "uls"), "privacy.accountant", p.accountant,
+         "'group' applies to mode 'els' only")
+    need(p.max_epsilon is None or p.max_epsilon > 0, "privacy.max-epsilon", p.max_epsilon, "must be > 0")
+    need(t.rounds >= 1, "train.rounds", t.rounds, "must be >= 1")
+    need(t.server_optimizer in ("sgd", "adam"), "train.server-optimizer", t.server_optimizer, "must be 'sgd' or 'adam'")
+    need(0 < t.server_lr < math.inf, "train.server-lr", t.server_lr, "must be > 0")
+    need(t.update in ("gradient", "local-steps"), "train.update", t.update, "must be 'gradient' or 'local-steps'")
+    need(t.local_steps >= 1, "train.local-steps", t.local_steps, "must be >= 1")
+    need(0 < t.local_lr < math.inf, "train.local-lr", t.local_lr, "must be > 0")
+    need(t.local_batch_size >= 1, "train.local-batch-size", t.local_batch_size, "must be >= 1")
+    need(t.eval_every >= 0, "train.eval-every", t.eval_every, "must be >= 0")
+    need(t.eval_examples >= 1, "train.eval-examples", t.eval_examples, "must be >= 1")
+    for key, val in (("model.vocab-size", m.vocab_size), ("model.hidden-size", m.hidden_size),
+                     ("model.num-layers", m.num_layers), ("model.num-heads", m.num_heads),
+                     ("model.seq-len", m.seq_len), ("model.lora-rank", m.lora_rank)):
+        need(val >= 1, key, val, "must be >= 1")
+    need(m.hidden_size % m.num_heads == 0, "model.hidden-size", m.hidden_size,
+         f"must be divisible by model.num-heads ({m.num_heads})")
+    need(m.lora_alpha > 0, "model.lora-alpha", m.lora_alpha, "must be > 0")
+    need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype, "must be float32, bfloat16 or float16")
+    need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
+         "must be 'cpu', 'cuda[:N]' or 'auto'")
+    need(m.name == "tiny" or Path(m.name).exists(), "model.name", m.name, "must be 'tiny' or an existing local path")
+    need(d.source == "synthetic" or Path(d.source).exists(), "data.source", d.source,
+         "must be 'synthetic' or an existing path")
+    need(d.num_users >= 1, "data.num-users", d.num_users, "must be >= 1")
+    need(d.heldout_users >= 0, "data.heldout-users", d.heldout_users, "must be >= 0")
+    need(d.examples_per_user_median >= 1, "data.examples-per-user-median", d.examples_per_user_median, "must be >= 1")
+    need(d.examples_per_user_sigma >= 0, "data.examples-per-user-sigma", d.examples_per_user_sigma, "must be >= 0")
+    need(0 <= d.user_diversity <= 1, "data.user-diversity", d.user_diversity, "must be in [0, 1]")
+    need(s.users_per_node >= 1, "sim.users-per-node", s.users_per_node, "must be >= 1")
+    need(s.cpus_per_node > 0, "sim.cpus-per-node", s.cpus_per_node, "must be > 0")
+    need(s.num_cpus >= 1, "sim.num-cpus", s.num_cpus, "must be >= 1")
+    need(s.reply_timeout > 0, "sim.reply-timeout", s.reply_timeout, "must be > 0")
+    need(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    need(cfg.checkpoint_every >= 0, "checkpoint-every", cfg.checkpoint_every, "must be >= 0")
+    return cfg
+
+
+def parse_config(flat: Mapping[str, Any] | None = None, base: RunConfig | None = None) -> RunConfig:
+    """Build a validated RunConfig from flat keys, on top of `base` (default: the defaults)."""
+    cfg = base or RunConfig()
+    sections = {name: {} for name in _SECTIONS}
+    top: dict[str, Any] = {}
+    for key, raw in (flat or {}).items():
+        if not isinstance(key, str) or key not in SCHEMA:
+            hint = difflib.get_close_matches(str(key), SCHEMA, n=1)
+            raise ConfigError(str(key), raw, "is not a known key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        section, name, default = SCHEMA[key]
+        value = _coerce(key, raw, default)
+        (sections[section] if section else top)[name] = value
+    cfg = replace(cfg, **top, **{n: replace(getattr(cfg, n), **v) for n, v in sections.items() if v})
+    return _check(cfg)
+
+
+def flatten_toml(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables -> flat dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_toml(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into flat keys (errors name the file)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return flatten_toml(tomllib.load(fh))
+    except FileNotFoundError:
+        raise ConfigError("--config", str(p), "does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("--config", str(p), f"is not valid TOML ({err})") from None
+
+
+def to_flat(cfg: RunConfig) -> dict[str, Any]:
+    """RunConfig -> flat keys (None values dropped, as Flower run config cannot hold them)."""
+    out: dict[str, Any] = {}
+    for key, (section, name, _) in SCHEMA.items():
+        value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+        if value is not None:
+            out[key] = value
+    return out
