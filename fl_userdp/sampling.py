@@ -10,6 +10,7 @@ inferred from data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -41,6 +42,13 @@ class CappedExamples:
 
     def of_user(self, user: int) -> np.ndarray:
         return self.example_ids[self.offsets[user]:self.offsets[user + 1]]
+
+    @cached_property
+    def owners(self) -> np.ndarray:
+        """Owner (user id) of every kept example, shape (n_k,); computed once, read-only."""
+        owners = np.repeat(np.arange(self.num_users), self.kept_counts)
+        owners.flags.writeable = False
+        return owners
 
 
 def cap_examples(rng: np.random.Generator, counts: np.ndarray, k: int) -> CappedExamples:
@@ -77,8 +85,9 @@ class ExampleSample:
 
 def poisson_examples(rng: np.random.Generator, capped: CappedExamples, rate: float) -> ExampleSample:
     """Sample every kept example independently with probability `rate`."""
-    hit = rng.random(capped.total) < rate
-    owner = np.repeat(np.arange(capped.num_users), capped.kept_counts)[hit]
-    users, per_user = np.unique(owner, return_counts=True)
-    offsets = np.concatenate([[0], np.cumsum(per_user)])
+    hit = np.flatnonzero(rng.random(capped.total) < rate)
+    owner = capped.owners[hit]  # sorted: kept examples are stored grouped by user
+    starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]])) if owner.size else owner
+    users = owner[starts]
+    offsets = np.concatenate([starts, [owner.size]]).astype(np.int64)
     return ExampleSample(users=users, offsets=offsets, example_ids=capped.example_ids[hit])

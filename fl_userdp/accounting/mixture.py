@@ -43,6 +43,26 @@ class FastMixtureGaussianPrivacyLoss(plm.MixtureGaussianPrivacyLoss):
         keep = gap.min(axis=1) > _NEGLIGIBLE_LOG_RATIO
         return c[keep], a[keep], (1.0 if remove else -1.0)
 
+    def _bracket(self, targets: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+        """Widen [lo, hi] until the (decreasing) loss spans all targets.
+
+        The library derives the interval from a sandwich bound that can miss
+        the root near the ends of the loss range; we never trust it blindly.
+        """
+        width = max(hi - lo, 1.0)
+        for _ in range(64):
+            if self.privacy_loss(lo) >= targets.max():
+                break
+            lo -= width
+            width *= 2
+        width = max(hi - lo, 1.0)
+        for _ in range(64):
+            if self.privacy_loss(hi) <= targets.min():
+                break
+            hi += width
+            width *= 2
+        return lo, hi
+
     def _inverse_privacy_losses_with_range(
         self,
         privacy_losses: np.ndarray,
@@ -52,7 +72,7 @@ class FastMixtureGaussianPrivacyLoss(plm.MixtureGaussianPrivacyLoss):
         targets = np.asarray(privacy_losses, dtype=float)
         if targets.size == 0:
             return targets
-        lo_b, hi_b = float(bounds[0]), float(bounds[1])
+        lo_b, hi_b = self._bracket(targets, float(bounds[0]), float(bounds[1]))
         c, a, sign = self._affine_terms((lo_b, hi_b))
 
         def loss_and_slope(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

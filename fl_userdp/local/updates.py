@@ -1,0 +1,202 @@
+"""Clipped client contributions: per-user updates (ULS) and per-example gradients (ELS).
+
+Loss: causal LM loss of one example = mean next-token cross entropy over its
+seq_len - 1 predicted positions (all examples have the same length, so a batch
+mean of per-example losses is also the per-token mean).
+
+Per-example gradients of the LoRA weights come from opacus' hook-based
+`GradSampleModule` (one forward + one backward; the hooks form each LoRA
+linear layer's per-example gradient from its captured activations and output
+gradients). The wrapper is created once per model and its hooks are enabled
+only inside these functions. Because opacus + peft has a silent-corruption
+report (opacus#820, a device move after `get_peft_model`), the tests compare
+the results with a loop of batch-1 backward passes.
+
+Every returned vector is flat float64 in the order of `model.get_trainable`
+(see `fl_userdp.local.model`).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import get_trainable, set_trainable, trainable_params
+
+_GSM: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+DEFAULT_CHUNK = 64
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _tokens(model: nn.Module, examples: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(examples, dtype=np.int64), device=_device(model))
+
+
+def per_example_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(b,) mean next-token cross entropy of each example."""
+    logits = model(input_ids=tokens).logits[:, :-1].float()
+    targets = tokens[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return ce.view(targets.shape).mean(dim=1)
+
+
+def _grad_sample_module(model: nn.Module):
+    """The opacus hook wrapper of `model` (created once; hooks off between calls)."""
+    gsm = _GSM.get(model)
+    if gsm is None:
+        from opacus import GradSampleModule
+
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
+        gsm.disable_hooks()
+        _GSM[model] = gsm
+    return gsm
+
+
+def per_example_grads(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per-example gradients of the trainable weights: one (b, *shape) float32 tensor per array."""
+    gsm = _grad_sample_module(model)
+    params = [p for _, p in trainable_params(model)]
+    model.train()
+    gsm.enable_hooks()
+    try:
+        for p in params:
+            p.grad, p.grad_sample = None, None
+        with torch.enable_grad():
+            per_example_loss(gsm, tokens).sum().backward()
+        grads = []
+        for p in params:
+            gs = p.grad_sample
+            if gs is None:  # a weight the loss does not reach (e.g. unused adapter)
+                gs = torch.zeros((tokens.shape[0], *p.shape), device=p.device)
+            grads.append(gs.float())
+    finally:
+        gsm.disable_hooks()
+        for p in params:
+            p.grad, p.grad_sample = None, None
+    return grads
+
+
+def _flat_cpu(tensors: list[torch.Tensor]) -> np.ndarray:
+    if not tensors:
+        return np.zeros(0)
+    return torch.cat([t.reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
+
+
+def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
+                    chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, int]:
+    """Σ_i clip(∇ loss_i, C) over the rows of `examples`, at the model's current weights.
+
+    Returns (flat float64 sum, number of examples whose gradient norm exceeded C).
+    """
+    examples = np.asarray(examples, dtype=np.int64)
+    params = [p for _, p in trainable_params(model)]
+    total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+    clipped = 0
+    for lo in range(0, examples.shape[0], chunk_size):
+        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]))
+        norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
+        factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-12), max=1.0)
+        clipped += int((norms > clip_norm).sum())
+        for acc, g in zip(total, grads):
+            acc += torch.einsum("b,b...->...", factors, g)
+    return _flat_cpu(total), clipped
+
+
+def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_size: int) -> list[torch.Tensor]:
+    """Each user's mean gradient: one (U, d_p) tensor per trainable array (segment sums of per-example grads)."""
+    params = [p for _, p in trainable_params(model)]
+    counts = np.array([len(e) for e in user_examples], dtype=np.int64)
+    num_users = len(user_examples)
+    sums = [torch.zeros((num_users, p.numel()), dtype=torch.float32, device=p.device) for p in params]
+    nonempty = [np.asarray(e, dtype=np.int64).reshape(-1, np.asarray(e).shape[-1]) for e in user_examples if len(e)]
+    if nonempty:
+        stacked = np.concatenate(nonempty)
+        owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
+        for lo in range(0, stacked.shape[0], chunk_size):
+            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]))
+            who = owner[lo:lo + chunk_size]
+            for acc, g in zip(sums, grads):
+                acc.index_add_(0, who, g.reshape(g.shape[0], -1))
+    denom = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32, device=sums[0].device if sums else None)
+    return [s / denom[:, None] for s in sums]
+
+
+def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.ndarray], local_steps: int,
+                        local_lr: float, batch_size: int) -> list[torch.Tensor]:
+    """start − end after τ SGD steps on batches cycling over the user's examples."""
+    params = [p for _, p in trainable_params(model)]
+    start_t = [p.detach().clone() for p in params]
+    n = len(examples)
+    if n == 0:
+        return [torch.zeros_like(p) for p in params]
+    tokens = _tokens(model, examples)
+    b = min(batch_size, n)
+    model.train()
+    for step in range(local_steps):
+        idx = torch.as_tensor(np.arange(step * b, step * b + b) % n, device=tokens.device)
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            per_example_loss(model, tokens[idx]).mean().backward()
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= local_lr * p.grad
+    update = [(s - p.detach()).float() for s, p in zip(start_t, params)]
+    for p in params:
+        p.grad = None
+    set_trainable(model, start)
+    return update
+
+
+def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm: float, update: str,
+                    local_steps: int, local_lr: float, batch_size: int, start: list[np.ndarray],
+                    chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, int, list[float]]:
+    """Σ_u clip(Δ_u, C) over users, each Δ_u computed from `start` on that user's (≤ k) examples.
+
+    update="gradient": Δ_u = mean gradient of the loss over the user's examples
+    (all users batched together: per-example gradients, then per-user means).
+    update="local-steps": Δ_u = start − weights after `local_steps` SGD steps
+    (lr `local_lr`, batches of `batch_size` cycling over the user's examples).
+    Returns (flat float64 sum, number of users clipped, per-user pre-clip norms).
+    The model's trainable weights are left at `start`.
+    """
+    if update not in ("gradient", "local-steps"):
+        raise ValueError(f"update must be 'gradient' or 'local-steps', got {update!r}")
+    set_trainable(model, start)
+    params = [p for _, p in trainable_params(model)]
+    total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
+    if not user_examples:
+        return _flat_cpu(total), 0, []
+    if update == "gradient":
+        per_user = _user_mean_grads(model, user_examples, chunk_size)           # list of (U, d_p)
+    else:
+        deltas = [_local_steps_update(model, e, start, local_steps, local_lr, batch_size) for e in user_examples]
+        per_user = [torch.stack([d[j].reshape(-1) for d in deltas]) for j in range(len(params))]
+    norms = torch.sqrt(sum(u.double().pow(2).sum(dim=1) for u in per_user))
+    factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
+    for acc, u in zip(total, per_user):
+        acc += factors @ u.double()
+    return _flat_cpu(total), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64) -> float:
+    """Mean per-token next-token loss over `examples` (nan when there are none)."""
+    examples = np.asarray(examples, dtype=np.int64)
+    if examples.shape[0] == 0:
+        return float("nan")
+    total = 0.0
+    for lo in range(0, examples.shape[0], batch_size):
+        total += float(per_example_loss(model, _tokens(model, examples[lo:lo + batch_size])).sum())
+    return total / examples.shape[0]
+
+
+__all__ = ["per_example_loss", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
+           "get_trainable", "set_trainable"]
