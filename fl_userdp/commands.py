@@ -3,3 +3,5 @@
 Each module imported here registers itself with `cli.command`; modules keep
 their heavy imports (torch, flwr) inside the command functions.
 """
+from . import cli_audit  # noqa: F401
+from . import cli_sim  # noqa: F401
