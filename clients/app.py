@@ -1,0 +1,86 @@
+"""The ClientApp: `train.uls`, `train.els`, `evaluate` and `query` actions.
+
+Every message carries what the node needs: the flat run config
+(ConfigRecord "config", plus "round"), the current trainable weights
+(ArrayRecord "weights", keys in trainable order) and the sample
+(ArrayRecord "sample": "users"; for ELS also "offsets" and "example-ids",
+CSR over the node's sampled users). The reply holds the node's sum of
+clipped contributions (ArrayRecord "update", float64, shaped like the
+trainables) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
+seconds). Model and corpus are cached per worker process
+(`clients.compute.worker_for`).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .compute import Contribution, config_from_flat, worker_for
+
+app = ClientApp()
+
+_META_KEYS = ("round",)
+
+
+def _inputs(msg: Message):
+    flat = {k: v for k, v in msg.content["config"].items() if k not in _META_KEYS}
+    cfg = config_from_flat(flat)
+    weights = [a.numpy() for a in msg.content["weights"].values()]
+    return cfg, worker_for(cfg), weights
+
+
+def _shard_check(users: np.ndarray, cfg, context: Context) -> None:
+    pid = int(context.node_config.get("partition-id", -1))
+    U = cfg.sim.users_per_node
+    if users.size and (users.min() < pid * U or users.max() >= (pid + 1) * U):
+        raise ValueError(f"node {pid} hosts users [{pid * U}, {(pid + 1) * U}), asked for {users.min()}..{users.max()}")
+
+
+def _reply(msg: Message, c: Contribution, shapes, t0: float) -> Message:
+    parts = np.split(c.total, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+    update = ArrayRecord({f"{i:04d}": Array(np.ascontiguousarray(p.reshape(s))) for i, (p, s) in enumerate(zip(parts, shapes))})
+    metrics = {"users": c.users, "examples": c.examples, "clipped": c.clipped, "seconds": time.perf_counter() - t0}
+    if c.loss_sum is not None:
+        metrics["loss-sum"] = float(c.loss_sum)
+    return Message(content=RecordDict({"update": update, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.train("uls")
+def train_uls(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    cfg, worker, weights = _inputs(msg)
+    users = msg.content["sample"]["users"].numpy().astype(np.int64)
+    _shard_check(users, cfg, context)
+    c = worker.uls(cfg, weights, int(msg.content["config"]["round"]), users)
+    return _reply(msg, c, worker.shapes, t0)
+
+
+@app.train("els")
+def train_els(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    cfg, worker, weights = _inputs(msg)
+    s = msg.content["sample"]
+    users = s["users"].numpy().astype(np.int64)
+    _shard_check(users, cfg, context)
+    c = worker.els(cfg, weights, users, s["offsets"].numpy().astype(np.int64), s["example-ids"].numpy().astype(np.int64))
+    return _reply(msg, c, worker.shapes, t0)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, worker, weights = _inputs(msg)
+    loss = worker.evaluate(cfg, weights)
+    return Message(content=RecordDict({"metrics": MetricRecord({"eval-loss": float(loss)})}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report this node's partition id (node ids are random; the server maps partitions to nodes)."""
+    nc = context.node_config
+    info = {"partition-id": int(nc.get("partition-id", -1)), "num-partitions": int(nc.get("num-partitions", -1)),
+            "pid": os.getpid()}
+    return Message(content=RecordDict({"node": ConfigRecord(info)}), reply_to=msg)

@@ -1,0 +1,137 @@
+"""`fl-userdp compare` and `fl-userdp run`: simulations on Flower + Ray.
+
+Heavy imports (flwr, ray, torch) happen inside the command functions, so the
+core and the accountant commands stay light. Config precedence: defaults <
+`--config FILE.toml` < `--set key=value` < the dedicated options
+(`--rounds`, `--out`, `--seed`, `--ray-address`).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cli import command
+from .config import RunConfig, load_config_file, parse_config, to_flat
+from .errors import ConfigError
+
+
+def _sim_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of run-config keys (sections or dotted keys)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--rounds", type=int, metavar="N", help="train.rounds")
+    p.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary, plot, checkpoints)")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--ray-address", metavar="ADDR", help="attach to a running Ray cluster ('auto' or host:port)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    flat: dict[str, Any] = load_config_file(a.config) if a.config else {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", item, "must be KEY=VALUE")
+        flat[key.strip()] = value.strip()
+    for key, value in (("train.rounds", a.rounds), ("out", a.out), ("seed", a.seed), ("sim.ray-address", a.ray_address)):
+        if value is not None:
+            flat[key] = value
+    return parse_config(flat)
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace, name: str) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from server import simulate
+    from server.runner import prepare
+
+    from . import report
+
+    console, t0 = Console(stderr=True), time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status("loading data, building the model, calibrating noise…"):
+        setup = prepare(cfg, modes)
+    q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
+    per_step = q * float(sum(min(int(n), k) for n in setup.counts))
+    console.print(f"[bold]{name}[/]: {len(setup.counts)} users, {-(-len(setup.counts) // cfg.sim.users_per_node)} "
+                  f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}, "
+                  f"expected examples/step {per_step:.1f}")
+    for mode, sigma in setup.sigmas.items():
+        target = "" if cfg.privacy.noise_multiplier is not None else f" (for ε={cfg.privacy.target_epsilon:g})"
+        console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}")
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                        disable=a.no_progress)
+    tasks = {m: progress.add_task(f"{m.upper()} rounds", total=cfg.train.rounds, info="", start=False) for m in modes}
+
+    def on_mode(mode: str, sigma: float) -> None:
+        progress.start_task(tasks[mode])
+
+    def on_record(rec: dict[str, Any]) -> None:
+        eps, ev = rec.get("epsilon"), rec.get("eval_loss")
+        info = f"ε={eps:.3f}" if eps is not None else "ε=inf"
+        info += f" eval={ev:.4f}" if ev is not None else ""
+        progress.update(tasks[rec["mode"]], completed=rec["round"], info=info)
+        if a.no_progress:
+            console.print(f"  {rec['mode'].upper()} round {rec['round']}: {info}")
+
+    with progress:
+        results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
+
+    records = [r for res in results for r in res.records]
+    stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]
+    wall = time.perf_counter() - t0
+    summary = report.summarize(records, {
+        "command": " ".join(["fl-userdp", *sys.argv[1:]]) if sys.argv else name, "commit": _commit(),
+        "seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": setup.sigmas,
+        "expected_examples_per_step": per_step, "stop_reasons": stops, "wall_time_total": wall})
+    report.write_summary(out, summary)
+    plot = report.plot(records, out / "plot.png")
+    table_console = Console()
+    table_console.width = max(table_console.width, 110)  # the side-by-side table needs ~100 columns
+    table_console.print(report.side_by_side(records))
+    for s in stops:
+        console.print(f"[yellow]stopped[/] {s}")
+    for mode, row in summary["modes"].items():
+        console.print(f"{mode.upper()}: final eval loss {row['final_eval_loss']}, ε = {row['epsilon']} at δ = {row['delta']:g}")
+    console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {plot} in {wall:.0f} s")
+    return 0
+
+
+def _compare_configure(p: argparse.ArgumentParser) -> None:
+    _sim_options(p)
+
+
+@command("compare", "ULS vs ELS on Flower + Ray at matched (ε, δ) and expected examples per step", _compare_configure)
+def compare_cmd(a: argparse.Namespace) -> int:
+    cfg = config_from_args(a)
+    return simulate_and_report(cfg, ["uls", "els"], a, "compare")
+
+
+def _run_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["uls", "els"], help="privacy.mode (default: from the config)")
+    _sim_options(p)
+
+
+@command("run", "one mode (ULS or ELS) on Flower + Ray", _run_configure)
+def run_cmd(a: argparse.Namespace) -> int:
+    if a.mode:
+        a.set = [*a.set, f"privacy.mode={a.mode}"]
+    cfg = config_from_args(a)
+    return simulate_and_report(cfg, [cfg.privacy.mode], a, f"run {cfg.privacy.mode}")

@@ -1,0 +1,158 @@
+"""The ServerApp: map partitions to nodes, then run the strategy's rounds over Flower's Grid.
+
+`app` (for `flwr run .`) reads the flat run config from `context.run_config`
+(the keys of `fl_userdp.config.SCHEMA`, from `[tool.flwr.app.config]`).
+`build_server_app(...)` makes an app around an already parsed config and
+callbacks; `server.simulate` uses it with `run_simulation`, which has no
+run-config argument.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fl_userdp.config import RunConfig, parse_config, to_flat
+from fl_userdp.errors import ConfigError
+
+from .runner import ModeResult, Setup, prepare, run_mode
+from .strategy import NodeFailure, NodeReply, NodeRequest, with_mode
+
+NODE_WAIT_S = 120.0
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float = NODE_WAIT_S) -> list[int]:
+    """Node ids once `count` nodes have registered (simulation nodes start after the ServerApp)."""
+    end = time.monotonic() + timeout
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= count or time.monotonic() > end:
+            return ids
+        time.sleep(0.1)
+
+
+def discover(grid: Grid, count: int, timeout: float) -> dict[int, int]:
+    """partition id -> node id, from one `query` round (node ids are random)."""
+    node_ids = wait_for_nodes(grid, count)
+    msgs = [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+    part2node: dict[int, int] = {}
+    for rep in grid.send_and_receive(msgs, timeout=timeout):
+        if not rep.has_error():
+            part2node[int(rep.content["node"]["partition-id"])] = rep.metadata.src_node_id
+    missing = sorted(set(range(count)) - set(part2node))
+    if missing:
+        raise ConfigError("sim.users-per-node", None,
+                          f"needs {count} nodes (partitions 0..{count - 1}); partitions {missing[:5]} did not answer "
+                          f"(the federation has {len(node_ids)} nodes)")
+    return part2node
+
+
+def _weights_record(weights: list[np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({f"{i:04d}": Array(np.ascontiguousarray(w)) for i, w in enumerate(weights)})
+
+
+class GridTransport:
+    """Sends each node its request with the weights; errors and timeouts become NodeFailure."""
+
+    def __init__(self, grid: Grid, part2node: Mapping[int, int], cfg: RunConfig) -> None:
+        self.grid, self.part2node, self.cfg = grid, dict(part2node), cfg
+        self.node2part = {n: p for p, n in self.part2node.items()}
+        self.flat = to_flat(cfg)
+        self.timeout = cfg.sim.reply_timeout
+
+    def _config(self, rnd: int) -> ConfigRecord:
+        return ConfigRecord({**self.flat, "round": int(rnd)})
+
+    def __call__(self, requests: Mapping[int, NodeRequest], weights: list[np.ndarray]) -> dict[int, Any]:
+        wrec, msgs = _weights_record(weights), []
+        for part, req in requests.items():
+            sample = {"users": Array(np.asarray(req.users, np.int64))}
+            if req.mode == "els":
+                sample["offsets"] = Array(np.asarray(req.offsets, np.int64))
+                sample["example-ids"] = Array(np.asarray(req.example_ids, np.int64))
+            content = RecordDict({"config": self._config(req.round), "weights": wrec, "sample": ArrayRecord(sample)})
+            msgs.append(Message(content=content, dst_node_id=self.part2node[part], message_type=f"{MessageType.TRAIN}.{req.mode}"))
+        out: dict[int, Any] = {}
+        for rep in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            part = self.node2part.get(rep.metadata.src_node_id)
+            if part is None:
+                continue
+            out[part] = self._parse(rep)
+        return out  # partitions without a reply timed out
+
+    @staticmethod
+    def _parse(rep: Message) -> NodeReply | NodeFailure:
+        if rep.has_error():
+            return NodeFailure(f"{rep.error.code}: {(rep.error.reason or '')[:300]}")
+        try:
+            m = rep.content["metrics"]
+            return NodeReply([a.numpy() for a in rep.content["update"].values()], int(m["users"]),
+                             int(m["examples"]), int(m["clipped"]),
+                             float(m["loss-sum"]) if "loss-sum" in m else None)
+        except Exception as err:  # malformed reply: counted as a failure, never applied
+            return NodeFailure(f"malformed reply: {err!r}"[:300])
+
+    def evaluate(self, weights: list[np.ndarray]) -> float | None:
+        """Held-out loss, computed by the node of partition 0 (any node holds the held-out set)."""
+        content = RecordDict({"config": self._config(0), "weights": _weights_record(weights)})
+        msg = Message(content=content, dst_node_id=self.part2node[0], message_type=MessageType.EVALUATE)
+        for rep in self.grid.send_and_receive([msg], timeout=self.timeout):
+            if not rep.has_error():
+                loss = float(rep.content["metrics"]["eval-loss"])
+                return loss if np.isfinite(loss) else None
+        return None
+
+
+def serve(grid: Grid, cfg: RunConfig, modes: list[str], setup: Setup | None = None, resume: bool = False,
+          on_record: Callable[[dict[str, Any]], None] | None = None,
+          on_mode: Callable[[str, float], None] | None = None) -> list[ModeResult]:
+    """Discover the nodes once, then run every mode in turn on them."""
+    setup = setup or prepare(cfg, modes)
+    num_nodes = -(-len(setup.counts) // cfg.sim.users_per_node)
+    part2node = discover(grid, num_nodes, cfg.sim.reply_timeout)
+    results = []
+    for mode in modes:
+        mcfg = with_mode(cfg, mode)
+        if on_mode:
+            on_mode(mode, setup.sigmas.get(mode, float("nan")))
+        transport = GridTransport(grid, part2node, mcfg)
+        results.append(run_mode(mcfg, setup, transport, transport.evaluate, mcfg.out, resume, on_record))
+    return results
+
+
+def build_server_app(cfg: RunConfig, modes: list[str], setup: Setup | None = None, resume: bool = False,
+                     on_record: Callable | None = None, on_mode: Callable | None = None,
+                     sink: dict | None = None) -> ServerApp:
+    """A ServerApp bound to a parsed config; results (or the exception) land in `sink`."""
+    server_app = ServerApp()
+    sink = sink if sink is not None else {}
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            sink["results"] = serve(grid, cfg, modes, setup, resume, on_record, on_mode)
+        except BaseException as err:  # surfaced by the driver after the engine stops
+            sink["error"] = err
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """`flwr run .`: the flat run config is the schema; one mode (privacy.mode), outputs in `out`."""
+    from fl_userdp import report
+
+    cfg = parse_config(dict(context.run_config))
+    results = serve(grid, cfg, [cfg.privacy.mode])
+    records = [r for res in results for r in res.records]
+    report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
+                                                                               if r.stop_reason]}))
+    for res in results:
+        print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
+              f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))

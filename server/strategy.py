@@ -1,0 +1,252 @@
+"""The user-level DP strategy: one readable round loop, testable without Flower.
+
+The strategy never touches the engine. Each round it hands a `Transport` one
+`NodeRequest` per node that hosts sampled users (node p hosts users
+[p·U, (p+1)·U), U = sim.users-per-node) together with the current weights,
+and gets back, per node, a `NodeReply` (the node's summed clipped updates and
+counts) or a `NodeFailure`; a node missing from the answer timed out. The
+Flower transport lives in `server.app`; tests pass fakes.
+
+Round r (`run_round`):
+  0. budget  — stop before a release that would take ε past privacy.max-epsilon
+  1. sample  — Poisson users (ULS) or Poisson kept examples (ELS), seeded by (seed, r)
+  2. send    — one request per node with sampled users (an empty cohort sends nothing)
+  3. collect — replies; errors and timeouts count as failures
+  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else re-clipped)
+  5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k)
+  6. step    — server optimizer with the noisy mean as the gradient estimate
+  7. account — compose the round's event in the ledger (also for empty cohorts)
+  8. eval    — held-out loss every train.eval-every rounds (and at the last round)
+  9. record  — one flat dict per round
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from fl_userdp.accounting import UserLevelAccountant, make_event
+from fl_userdp.aggregate import expected_count, release
+from fl_userdp.config import RunConfig, parse_config, to_flat
+from fl_userdp.errors import ConfigError
+from fl_userdp.rng import rng_for
+from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
+from fl_userdp.validation import check_contribution
+
+from .optimizer import make_optimizer
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What one node must compute this round. ULS: `users`. ELS: CSR over `users`."""
+
+    mode: str
+    round: int
+    users: np.ndarray                     # global user ids hosted by the node, sorted
+    offsets: np.ndarray | None = None     # ELS: example_ids[offsets[i]:offsets[i+1]] belong to users[i]
+    example_ids: np.ndarray | None = None  # ELS: user-local ids of the sampled kept examples
+
+    @property
+    def count(self) -> int:
+        """Clipped records requested: users (ULS) or examples (ELS)."""
+        return int(self.users.size) if self.mode == "uls" else int(self.offsets[-1])
+
+
+@dataclass(frozen=True)
+class NodeReply:
+    """A node's answer: the sum of its clipped records, as arrays shaped like the trainables."""
+
+    arrays: list[np.ndarray]
+    users: int = 0
+    examples: int = 0
+    clipped: int = 0
+    loss_sum: float | None = None  # Σ of per-record training losses (optional)
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    reason: str
+
+
+Transport = Callable[[Mapping[int, NodeRequest], list[np.ndarray]], Mapping[int, Any]]
+Evaluator = Callable[[list[np.ndarray]], "float | None"]
+
+# Keys that may differ between a checkpoint and the run that resumes it.
+RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "train.eval-every", "privacy.max-epsilon")
+
+
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """The config keys a checkpoint must agree on (everything that changes the math)."""
+    return {k: v for k, v in to_flat(cfg).items()
+            if k not in RESUMABLE_KEYS and not k.startswith("sim.")
+            and k not in ("privacy.noise-multiplier", "privacy.target-epsilon")}
+
+
+class UserDPStrategy:
+    """Server state and round logic for one mode (cfg.privacy.mode) of one run."""
+
+    def __init__(self, cfg: RunConfig, counts: np.ndarray, init_weights: list[np.ndarray],
+                 noise_multiplier: float) -> None:
+        p = cfg.privacy
+        self.cfg, self.mode = cfg, p.mode
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.num_users = int(self.counts.size)
+        if self.num_users < 1:
+            raise ConfigError("data.num-users", self.num_users, "must be >= 1 (the dataset has no training users)")
+        self.users_per_node = cfg.sim.users_per_node
+        self.shapes = [tuple(a.shape) for a in init_weights]
+        self.dtypes = [a.dtype for a in init_weights]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.weights = np.concatenate([np.asarray(a, np.float64).ravel() for a in init_weights])
+        self.capped = cap_examples(rng_for(cfg.seed, "cap"), self.counts, p.max_examples_per_user) \
+            if self.mode == "els" else None
+        self.expected = expected_count(self.mode, p.sampling_rate, self.num_users,
+                                       self.capped.total if self.capped is not None else None)
+        if self.expected <= 0:
+            raise ConfigError("data.source", cfg.data.source, "has no training examples")
+        self.noise_multiplier = float(noise_multiplier)
+        self.event = make_event(self.mode, p.sampling_rate, self.noise_multiplier, p.max_examples_per_user)
+        self.accountant = UserLevelAccountant(p.delta, p.accountant)
+        self.optimizer = make_optimizer(cfg.train.server_optimizer, cfg.train.server_lr, self.weights.size)
+        self.round = 0
+        self.stop_reason: str | None = None
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        return math.ceil(self.num_users / self.users_per_node)
+
+    def weights_list(self) -> list[np.ndarray]:
+        parts = np.split(self.weights, np.cumsum(self.sizes)[:-1])
+        return [w.reshape(s).astype(d) for w, s, d in zip(parts, self.shapes, self.dtypes)]
+
+    def epsilon(self) -> float:
+        return self.accountant.epsilon()
+
+    # -- 1. sample -------------------------------------------------------------
+    def sample(self, rnd: int) -> dict[int, NodeRequest]:
+        """This round's requests, keyed by node (partition) id; depends only on (seed, round)."""
+        rng, q, U = rng_for(self.cfg.seed, "sampling", rnd), self.cfg.privacy.sampling_rate, self.users_per_node
+        if self.mode == "uls":
+            users = poisson_users(rng, self.num_users, q)
+            return {int(g[0] // U): NodeRequest("uls", rnd, g)
+                    for g in np.split(users, np.flatnonzero(np.diff(users // U)) + 1) if g.size}
+        s = poisson_examples(rng, self.capped, q)
+        requests: dict[int, NodeRequest] = {}
+        node_of = s.users // U
+        for node in np.unique(node_of):
+            i0, i1 = np.searchsorted(node_of, [node, node + 1])
+            offs = s.offsets[i0:i1 + 1]
+            requests[int(node)] = NodeRequest("els", rnd, s.users[i0:i1], offs - offs[0],
+                                              s.example_ids[offs[0]:offs[-1]])
+        return requests
+
+    # -- 3./4. collect and check ---------------------------------------------------
+    def collect(self, requests: Mapping[int, NodeRequest], replies: Mapping[int, Any]) -> tuple[np.ndarray, dict]:
+        """Sum the validated contributions; count failures, rejections and re-clips."""
+        C = self.cfg.privacy.clip_norm
+        total = np.zeros_like(self.weights)
+        st = dict(nodes_replied=0, failures=0, rejected=0, reclipped=0, users_replied=0,
+                  examples_processed=0, clipped=0, records=0, loss_sum=0.0, loss_records=0)
+        for node, req in requests.items():
+            rep = replies.get(node)
+            if not isinstance(rep, NodeReply):  # timeout (missing), NodeFailure or garbage
+                st["failures"] += 1
+                continue
+            checked = check_contribution(list(rep.arrays), self.shapes, req.count * C)
+            if checked.value is None:
+                st["rejected"] += 1
+                continue
+            st["reclipped"] += checked.status == "reclipped"
+            total += checked.value
+            st["nodes_replied"] += 1
+            users = min(max(int(rep.users), 0), int(req.users.size))
+            examples = max(int(rep.examples), 0)
+            st["users_replied"] += users
+            st["examples_processed"] += examples
+            st["records"] += req.count
+            st["clipped"] += min(max(int(rep.clipped), 0), req.count)
+            if rep.loss_sum is not None and math.isfinite(rep.loss_sum):
+                st["loss_sum"] += float(rep.loss_sum)
+                st["loss_records"] += req.count
+        return total, st
+
+    # -- the round ---------------------------------------------------------------
+    def run_round(self, transport: Transport, evaluate: Evaluator | None = None) -> dict[str, Any] | None:
+        """Run the next round; return its record, or None when the budget stops the run."""
+        p, rnd, t0 = self.cfg.privacy, self.round + 1, time.perf_counter()
+        # 0. budget: never release a round that would pass max-epsilon
+        if p.max_epsilon is not None and self.accountant.would_exceed(self.event, p.max_epsilon):
+            self.stop_reason = (f"privacy budget: round {rnd} would take epsilon from {self.epsilon():.4g} to "
+                                f"{self.accountant.epsilon_after(self.event):.4g} > max-epsilon {p.max_epsilon:g}; "
+                                f"stopped after round {self.round}")
+            return None
+        # 1. sample
+        requests = self.sample(rnd)
+        # 2./3. send to the nodes with sampled users and collect
+        replies = transport(requests, self.weights_list()) if requests else {}
+        # 4. validate / clip and sum
+        total, st = self.collect(requests, replies)
+        # 5. noise once, divide by the expected count
+        noise_rng = None if p.secure_noise else rng_for(self.cfg.seed, "noise", rnd)
+        rel = release(total, p.clip_norm, self.noise_multiplier, self.expected, noise_rng, p.secure_noise)
+        # 6. server optimizer step
+        self.weights = self.optimizer.step(self.weights, rel.update)
+        # 7. account
+        eps = self.accountant.compose(self.event)
+        self.round = rnd
+        # 8. evaluate
+        every = self.cfg.train.eval_every
+        due = evaluate is not None and every > 0 and (rnd % every == 0 or rnd == self.cfg.train.rounds)
+        eval_loss = evaluate(self.weights_list()) if due else None
+        # 9. record
+        return {
+            "round": rnd, "mode": self.mode,
+            "train_loss": st["loss_sum"] / st["loss_records"] if st["loss_records"] else None,
+            "eval_loss": eval_loss, "epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,
+            "noise_multiplier": self.noise_multiplier, "clip_norm": p.clip_norm,
+            "users_sampled": int(sum(r.users.size for r in requests.values())),
+            "users_replied": st["users_replied"],
+            "examples_sampled": int(sum(r.count for r in requests.values())) if self.mode == "els" else None,
+            "examples_processed": st["examples_processed"],
+            "nodes_requested": len(requests), "nodes_replied": st["nodes_replied"],
+            "clipped_fraction": st["clipped"] / st["records"] if st["records"] else None,
+            "failures": st["failures"], "rejected": st["rejected"], "reclipped": st["reclipped"],
+            "expected_count": self.expected, "wall_time": time.perf_counter() - t0,
+        }
+
+    # -- checkpoint state ------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        opt = self.optimizer.state_dict()
+        arrays = {"weights": self.weights, **{f"opt_{k}": v for k, v in opt.items() if isinstance(v, np.ndarray)}}
+        meta = {"round": self.round, "mode": self.mode, "noise_multiplier": self.noise_multiplier,
+                "ledger": self.accountant.state_dict(), "identity": identity(self.cfg),
+                "optimizer": {k: v for k, v in opt.items() if not isinstance(v, np.ndarray)}}
+        return meta, arrays
+
+    def restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Load a checked checkpoint (see server.checkpoint.load_checkpoint)."""
+        if meta.get("mode") != self.mode:
+            raise ConfigError("--resume", meta.get("mode"), f"checkpoint is for another mode than {self.mode!r}")
+        saved, now = meta.get("identity", {}), identity(self.cfg)
+        for key in sorted(set(saved) | set(now)):
+            if saved.get(key) != now.get(key):
+                raise ConfigError(key, now.get(key), f"differs from the checkpoint ({saved.get(key)!r}); refusing to resume")
+        if float(meta["noise_multiplier"]) != self.noise_multiplier:
+            raise ConfigError("privacy.noise-multiplier", self.noise_multiplier,
+                              f"differs from the checkpoint ({meta['noise_multiplier']!r})")
+        weights = np.asarray(arrays["weights"], np.float64)
+        if weights.shape != self.weights.shape:
+            raise ConfigError("--resume", list(weights.shape), f"weights must have shape {list(self.weights.shape)}")
+        self.accountant.load_state_dict(meta["ledger"])
+        self.optimizer.load_state_dict({**meta["optimizer"],
+                                        **{k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}})
+        self.weights, self.round = weights, int(meta["round"])
+
+
+def with_mode(cfg: RunConfig, mode: str) -> RunConfig:
+    """The same config in another mode (used by compare), validated again."""
+    return parse_config({"privacy.mode": mode}, base=cfg)
