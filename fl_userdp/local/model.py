@@ -20,6 +20,8 @@ vector is the concatenation of those arrays, each flattened in C order.
 """
 from __future__ import annotations
 
+import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from ..config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CACHE: dict[tuple[ModelConfig, int], nn.Module] = {}
+_PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 
 
 def resolve_device(model_cfg: ModelConfig) -> torch.device:
@@ -52,6 +55,7 @@ def _tiny_base(model_cfg: ModelConfig) -> nn.Module:
         tie_word_embeddings=False,
         attention_dropout=0.0,
         use_cache=False,
+        initializer_range=0.1,  # 0.02 (HF default) caps logit gaps of a frozen random lm_head at ~1 nat
     )
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config)
@@ -89,7 +93,9 @@ def build_model(model_cfg: ModelConfig, seed: int) -> nn.Module:
         base = base.to(device=device, dtype=_DTYPES[model_cfg.dtype])  # move BEFORE peft (opacus#820)
         config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=0.0,
                             target_modules=lora_targets(model_cfg, base), bias="none")
-        model = get_peft_model(base, config)
+        with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 deprecated helper
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(base, config)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -107,7 +113,12 @@ def cached_model(model_cfg: ModelConfig, seed: int) -> nn.Module:
 
 
 def trainable_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    """(name, parameter) of the trainable weights, in `named_parameters` order (cached per model)."""
+    cached = _PARAMS.get(model)
+    if cached is None or any(not p.requires_grad for _, p in cached):
+        cached = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        _PARAMS[model] = cached
+    return cached
 
 
 def trainable_names(model: nn.Module) -> list[str]:
