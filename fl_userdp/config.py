@@ -192,8 +192,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
          "must be 'cpu', 'cuda[:N]' or 'auto'")
     need(m.name == "tiny" or Path(m.name).exists(), "model.name", m.name, "must be 'tiny' or an existing local path")
-    need(d.source == "synthetic" or Path(d.source).exists(), "data.source", d.source,
-         "must be 'synthetic' or an existing path")
+    need(d.source in ("synthetic", "shakespeare") or Path(d.source).exists(), "data.source", d.source,
+         "must be 'synthetic', 'shakespeare' or an existing path")
     need(d.num_users >= 1, "data.num-users", d.num_users, "must be >= 1")
     need(d.heldout_users >= 0, "data.heldout-users", d.heldout_users, "must be >= 0")
     need(d.examples_per_user_median >= 1, "data.examples-per-user-median", d.examples_per_user_median, "must be >= 1")
