@@ -86,9 +86,8 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic, in place)."""
-    x += _GOLDEN
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 output function on a uint64 array (wrapping arithmetic, in place)."""
     x ^= x >> np.uint64(30)
     x *= _M1
     x ^= x >> np.uint64(27)
@@ -98,18 +97,28 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 
 def hashed_normals(key: int, ids: np.ndarray, dim: int) -> np.ndarray:
-    """Standard normals z[i, j], a pure function of (key, ids[i], j); shape (len(ids), dim).
+    """Standard normals z[i, j] (float32), a pure function of (key, ids[i], j); shape (len(ids), dim).
 
-    Counter-based: SplitMix64 of (key, id·dim + j) gives 64 bits, split into two
-    32-bit uniforms for one Box–Muller normal (tails reach about 6.7 std).
+    Counter-based: coordinate pair p of id i is SplitMix64 at position
+    i·⌈dim/2⌉ + p of the stream seeded by `key`; its 64 bits give two 24-bit
+    uniforms and Box–Muller turns them into two normals (tails reach 5.9 std).
+    Float32 keeps the transcendental functions vectorised (about 10x faster).
     """
+    pairs = (dim + 1) // 2
     ids = np.asarray(ids, dtype=np.uint64)
-    ctr = ids[:, None] * np.uint64(dim) + np.arange(dim, dtype=np.uint64)[None, :]
-    ctr ^= np.uint64(key)
-    h = _splitmix(_splitmix(ctr))
-    u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32
-    u2 = ((h & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * 2.0**-32
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    ctr = ids[:, None] * np.uint64(pairs) + np.arange(pairs, dtype=np.uint64)[None, :]
+    ctr *= _GOLDEN
+    ctr += np.uint64(key)
+    h = _mix64(ctr)
+    scale = np.float32(2.0**-24)
+    u1 = ((h >> np.uint64(40)).astype(np.uint32).astype(np.float32) + np.float32(0.5)) * scale
+    u2 = (((h >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.uint32).astype(np.float32) + np.float32(0.5)) * scale
+    r = np.sqrt(np.float32(-2.0) * np.log(u1))
+    ang = np.float32(2.0 * np.pi) * u2
+    z = np.empty((ids.size, 2 * pairs), dtype=np.float32)
+    np.multiply(r, np.cos(ang), out=z[:, 0::2])
+    np.multiply(r, np.sin(ang), out=z[:, 1::2])
+    return z[:, :dim]
 
 
 @dataclass(frozen=True)
@@ -149,10 +158,9 @@ class Population:
         """The examples `local_ids` of `users` (paired arrays), shape (n, d)."""
         users = np.asarray(users, dtype=np.int64)
         gid = self.first_id[users] + np.asarray(local_ids, dtype=np.int64)
-        z = hashed_normals(self.key, gid, self.spec.dim)
-        z *= self.spec.diversity
-        z += self.user_means[users]
-        return z
+        x = self.user_means[users]
+        x += self.spec.diversity * hashed_normals(self.key, gid, self.spec.dim)
+        return x
 
     def capped(self, k: int, chunk: int = 1 << 16) -> Capped:
         """Each user's min(n_u, k) kept examples (seeded, nested in k) and their means."""
@@ -161,16 +169,14 @@ class Population:
             kept = cap_examples(rng_for(self.seed, "cap"), self.counts, k)
             owners = kept.owners
             gid = self.first_id[owners] + kept.example_ids
-            sums = np.zeros((self.num_users, self.spec.dim))
+            sums = np.zeros((self.spec.dim, self.num_users))  # coordinate-major: contiguous rows
             for a in range(0, kept.total, chunk):
                 sl = slice(a, a + chunk)
-                z = hashed_normals(self.key, gid[sl], self.spec.dim)
-                # owners are sorted, so a segmented sum is a reduceat over the chunk's runs
-                o = owners[sl]
-                starts = np.flatnonzero(np.concatenate([[True], o[1:] != o[:-1]]))
-                sums[o[starts]] += np.add.reduceat(z, starts, axis=0)
+                zt = np.ascontiguousarray(hashed_normals(self.key, gid[sl], self.spec.dim).T, dtype=np.float64)
+                for j in range(self.spec.dim):  # per-user sums, one coordinate at a time
+                    sums[j] += np.bincount(owners[sl], weights=zt[j], minlength=self.num_users)
             m = kept.kept_counts[:, None].astype(np.float64)
-            means = self.user_means + self.spec.diversity * sums / m
+            means = self.user_means + self.spec.diversity * sums.T / m
             self._capped[k] = Capped(k=k, kept=kept, global_ids=gid, means=means)
         return self._capped[k]
 
@@ -271,10 +277,12 @@ def train(
             res.user_updates += sample.users.size
             res.examples += sample.num_examples
         totals = _clipped_sums(thetas, x, clips)
+        nrng = rng_for(seed, "noise", t)
+        start = nrng.bit_generator.state
         for g in range(lrs.size):
+            nrng.bit_generator.state = start  # every grid point sees the same noise stream
             # C = inf (no clipping) is allowed only without noise; the noise std is then 0.
-            upd = release(totals[g], clips[g] if np.isfinite(clips[g]) else 0.0, noise_multiplier, expected,
-                          rng_for(seed, "noise", t))
+            upd = release(totals[g], clips[g] if np.isfinite(clips[g]) else 0.0, noise_multiplier, expected, nrng)
             thetas[g] -= lrs[g] * upd.update
         if record_every and ((t + 1) % record_every == 0 or t + 1 == steps):
             if accountant is not None:
@@ -299,6 +307,22 @@ def sampling_rate_for(mode: str, capped: Capped, num_users: int, examples_per_st
     """
     del mode, num_users  # same expected-examples formula in both modes (DESIGN §1)
     return float(examples_per_step) / capped.total
+
+
+def expected_kept(spec: TaskSpec, k: int) -> float:
+    """E[Σ_u min(n_u, k)] under the task's count distribution (exact sum over n = 1..k)."""
+    from scipy.stats import norm
+
+    mu, om = math.log(spec.median_examples), spec.count_log_std
+    top = min(int(k), spec.max_count)
+    c = np.arange(1, top + 1, dtype=float)
+    if om == 0:
+        n0 = float(np.clip(np.round(spec.median_examples), 1, spec.max_count))
+        return spec.num_users * min(n0, k)
+    upper = norm.cdf((np.log(c + 0.5) - mu) / om)  # P(round(raw) <= c)
+    upper[-1] = 1.0  # min(n, k) = k for every n >= k (and the max_count truncation)
+    pmf = np.diff(np.concatenate([[0.0], upper]))
+    return float(spec.num_users * (pmf * c).sum())
 
 
 _SIGMA_CACHE: dict[tuple, tuple[float, float]] = {}
