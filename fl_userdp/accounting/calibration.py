@@ -46,16 +46,34 @@ def calibrate_noise(
             raise ConfigError("target-epsilon", target_epsilon, f"is unreachable with noise multiplier <= {MAX_SIGMA:g}")
         e_hi = eps(hi)
     lo = hi / 2.0
-    while eps(lo) <= target_epsilon:
-        hi, e_hi = lo, eps(lo)
+    e_lo = eps(lo)
+    while e_lo <= target_epsilon:
+        hi, e_hi = lo, e_lo
         lo /= 2.0
         if lo < 1e-3:
             return hi, e_hi
+        e_lo = eps(lo)
+    # Safeguarded regula falsi on log ε vs log σ (ε is smooth and decreasing in σ):
+    # aim a hair above the interpolated root so the guess lands on the feasible
+    # side, then probe just below it to close the bracket; fall back to the
+    # geometric midpoint whenever the bracket did not halve (guaranteed progress).
+    # Same contract as plain bisection: hi feasible, lo infeasible, gap <= rel_tol·hi.
+    last_gap = math.inf
     while (hi - lo) > rel_tol * hi:
-        mid = math.sqrt(lo * hi)
+        gap = hi - lo
+        if gap > 0.5 * last_gap or not (math.isfinite(e_lo) and e_lo > target_epsilon >= e_hi > 0):
+            mid = math.sqrt(lo * hi)
+        else:
+            frac = (math.log(e_lo) - math.log(target_epsilon)) / (math.log(e_lo) - math.log(e_hi))
+            mid = math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))) * (1.0 + 0.5 * rel_tol)
+            closing = hi * (1.0 - rel_tol)  # a probe here ends the search if it is infeasible
+            if mid >= hi * (1.0 - 0.5 * rel_tol) and closing > lo:
+                mid = closing
+            mid = min(max(mid, lo + 0.01 * gap), hi - 0.01 * gap)
+        last_gap = gap
         e_mid = eps(mid)
         if e_mid <= target_epsilon:
             hi, e_hi = mid, e_mid
         else:
-            lo = mid
+            lo, e_lo = mid, e_mid
     return hi, e_hi
