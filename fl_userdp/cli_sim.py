@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,7 +97,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]
     wall = time.perf_counter() - t0
     summary = report.summarize(records, {
-        "command": " ".join(["fl-userdp", *sys.argv[1:]]) if sys.argv else name, "commit": _commit(),
+        "command": f"fl-userdp {name}", "commit": _commit(),
         "seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": setup.sigmas,
         "expected_examples_per_step": per_step, "stop_reasons": stops, "wall_time_total": wall})
     report.write_summary(out, summary)
