@@ -1,0 +1,57 @@
+"""`fl-userdp compare/run` input handling (fast: everything fails before any engine starts)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fl_userdp.cli import main
+from fl_userdp.config import SCHEMA, flatten_toml, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "privacy.nosie=1"], "privacy.nosie"),
+    (["--set", "privacy.sampling-rate=1.5"], "privacy.sampling-rate must be in (0, 1], got 1.5"),
+    (["--set", "model.name=/no/such/model"], "model.name"),
+    (["--set", "privacy.max-examples-per-user=0"], "privacy.max-examples-per-user must be >= 1, got 0"),
+    (["--set", "data.num-users=0"], "data.num-users"),
+    (["--set", "justakey"], "--set"),
+    (["--rounds", "0"], "train.rounds"),
+    (["--config", "/no/such.toml"], "--config"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, args, needle, tmp_path):
+    assert main(["compare", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_mode_is_an_argparse_error():
+    out = subprocess.run([sys.executable, "-m", "fl_userdp", "run", "--mode", "xls"], capture_output=True, text=True)
+    assert out.returncode == 2 and "xls" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_file_and_overrides(tmp_path):
+    from fl_userdp.cli_sim import config_from_args
+    from argparse import Namespace
+
+    f = tmp_path / "c.toml"
+    f.write_text('seed = 3\n[privacy]\nmode = "els"\nclip-norm = 0.5\n[train]\nrounds = 7\n')
+    a = Namespace(config=str(f), set=["privacy.clip-norm=0.25"], rounds=2, out=None, seed=None, ray_address="auto")
+    cfg = config_from_args(a)
+    assert (cfg.seed, cfg.privacy.mode, cfg.privacy.clip_norm, cfg.train.rounds, cfg.sim.ray_address) == \
+        (3, "els", 0.25, 2, "auto")
+
+
+def test_flwr_run_config_is_the_schema():
+    """[tool.flwr.app.config] holds every schema key (nested tables = dotted keys) and parses to the defaults."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app = data["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
+    flat = flatten_toml(app["config"])
+    assert set(flat) == set(SCHEMA)
+    assert parse_config(flat) == parse_config({})
