@@ -6,3 +6,4 @@ their heavy imports (torch, flwr) inside the command functions.
 from . import cli_audit  # noqa: F401
 from . import cli_sim  # noqa: F401
 from . import cli_mean_estimation  # noqa: F401
+from . import cli_data  # noqa: F401
