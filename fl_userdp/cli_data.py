@@ -16,6 +16,8 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 def _assets_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $FL_USERDP_CACHE or ~/.cache/fl-userdp)")
     p.add_argument("--only", choices=["smollm2", "shakespeare"], help="fetch one asset only")
+    p.add_argument("--export-hf", action="store_true",
+                   help="also convert the GGUF once into a plain HF folder (<cache>/smollm2-hf; loads in seconds)")
     p.add_argument("--json", action="store_true")
 
 
@@ -24,16 +26,22 @@ def _assets_configure(p: argparse.ArgumentParser) -> None:
 def assets_cmd(a: argparse.Namespace) -> int:
     import time
 
-    from .assets import ASSETS, cache_dir, fetch_assets, gguf_path, shakespeare_dir
+    from .assets import ASSETS, cache_dir, fetch_assets, gguf_path, hf_model_dir, shakespeare_dir
 
     t0 = time.perf_counter()
     names = (a.only,) if a.only else tuple(ASSETS)
     fetch_assets(a.cache, names, log=(lambda s: None) if a.json else print)
-    payload = {"cache": str(cache_dir(a.cache)), "seconds": round(time.perf_counter() - t0, 2)}
+    payload = {"cache": str(cache_dir(a.cache))}
     if "smollm2" in names:
         payload["gguf"] = str(gguf_path(a.cache))
+        if a.export_hf:
+            from .config import ModelConfig
+            from .local.pretrained import export_hf_folder
+
+            payload["hf_folder"] = str(export_hf_folder(ModelConfig(name=payload["gguf"]), hf_model_dir(a.cache)))
     if "shakespeare" in names:
         payload["shakespeare"] = str(shakespeare_dir(a.cache))
+    payload["seconds"] = round(time.perf_counter() - t0, 2)
     emit(payload, a.json, "\n".join(f"{k}: {v}" for k, v in payload.items()))
     return 0
 

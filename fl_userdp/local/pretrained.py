@@ -77,3 +77,26 @@ def load_tokenizer(model_cfg: ModelConfig):
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def export_hf_folder(model_cfg: ModelConfig, out_dir: str | Path) -> Path:
+    """Convert `model.name` (e.g. the GGUF) once into a plain HF folder (safetensors + tokenizer).
+
+    Loading a GGUF dequantises every tensor and converts the tokenizer on each
+    call (about 2 minutes for SmolLM2-135M on these CPUs); the exported folder
+    loads in seconds, so point `model.name` at it for experiments. Idempotent:
+    an existing folder with config.json is left as is.
+    """
+    out = Path(out_dir)
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    model = load_causal_lm(ModelConfig(name=model_cfg.name, dtype="float32", device="cpu"))
+    tok = load_tokenizer(model_cfg)
+    tmp = out.with_name(out.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.tok.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
