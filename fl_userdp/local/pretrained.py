@@ -93,6 +93,11 @@ def export_hf_folder(model_cfg: ModelConfig, out_dir: str | Path) -> Path:
     model = load_causal_lm(ModelConfig(name=model_cfg.name, dtype="float32", device="cpu"))
     tok = load_tokenizer(model_cfg)
     tmp = out.with_name(out.name + ".partial")
+    # The GGUF weights are already dequantised to float32: drop the GGUF "quantizer"
+    # that makes transformers refuse to serialise the model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tok.tok.save_pretrained(tmp)
     if out.exists():
