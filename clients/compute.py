@@ -76,6 +76,8 @@ class Worker:
         self.corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
         self.model = cached_model(cfg.model, cfg.seed)
         self.shapes = trainable_shapes(self.model)
+        # Packed text corpora pad each user's last row with EOS: leave those targets out of every loss.
+        self.pad_id = getattr(self.corpus, "eos_id", None) if hasattr(self.corpus, "pad_mask") else None
         self._heldout: dict[int, np.ndarray] = {}
 
     def _loss_sum(self, examples: np.ndarray, weights_per_record: np.ndarray | None = None) -> float:
@@ -83,7 +85,7 @@ class Worker:
         import torch
 
         with torch.no_grad():
-            losses = torch.cat([per_example_loss(self.model, _tokens(self.model, examples[lo:lo + 64]))
+            losses = torch.cat([per_example_loss(self.model, _tokens(self.model, examples[lo:lo + 64]), self.pad_id)
                                 for lo in range(0, len(examples), 64)]).double().numpy()
         if weights_per_record is None:
             return float(losses.sum())
@@ -97,7 +99,7 @@ class Worker:
         data = [self.corpus.examples_of(int(u), uls_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k))
                 for u in users]
         total, clipped, _ = uls_clipped_sum(self.model, data, cfg.privacy.clip_norm, t.update, t.local_steps,
-                                            t.local_lr, t.local_batch_size, weights)
+                                            t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id)
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
             per = np.concatenate([np.full(len(d), 1.0 / max(len(d), 1)) for d in data])
@@ -112,7 +114,7 @@ class Worker:
         set_trainable(self.model, weights)
         parts = [self.corpus.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
         examples = np.concatenate(parts) if parts else np.zeros((0, self.corpus.seq_len), np.int64)
-        total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm)
+        total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id)
         loss = self._loss_sum(examples) if with_loss and len(examples) else None
         return Contribution(total, len(parts), int(len(examples)), clipped, loss)
 
@@ -124,4 +126,4 @@ class Worker:
         if n not in self._heldout:
             self._heldout[n] = self.corpus.heldout()[:n]
         set_trainable(self.model, weights)
-        return eval_loss(self.model, self._heldout[n])
+        return eval_loss(self.model, self._heldout[n], pad_id=self.pad_id)

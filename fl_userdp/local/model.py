@@ -7,8 +7,9 @@ only trainable parameters are the LoRA adapters:
   (vocab_size, hidden_size, num_layers, num_heads, max positions >= seq_len),
   its weights drawn under `torch.manual_seed(seed)` inside a forked RNG, so the
   server and every node get bit-identical base and initial adapter weights.
-* a local folder: `AutoModelForCausalLM.from_pretrained(folder)`; a `.gguf`
-  file: `from_pretrained(parent, gguf_file=name)` (needs the `gguf` package).
+* a local folder or a `.gguf` file: `fl_userdp.local.pretrained.load_causal_lm`
+  (offline, `local_files_only`; a missing path, a folder without config.json
+  or a GGUF without the `gguf` package is a ConfigError naming `model.name`).
 
 Dropout is switched off everywhere (p = 0): per-example gradients and the
 user's update must be deterministic functions of the data and the weights.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,13 +62,10 @@ def _tiny_base(model_cfg: ModelConfig) -> nn.Module:
 
 
 def _pretrained_base(model_cfg: ModelConfig) -> nn.Module:
-    from transformers import AutoModelForCausalLM
+    """A local HF folder or .gguf file, loaded offline (`pretrained.load_causal_lm`: clear ConfigErrors)."""
+    from .pretrained import load_causal_lm
 
-    path = Path(model_cfg.name)
-    kwargs = {"dtype": _DTYPES[model_cfg.dtype]}
-    if path.suffix == ".gguf":
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    return load_causal_lm(model_cfg)
 
 
 def lora_targets(model_cfg: ModelConfig, base: nn.Module) -> list[str]:

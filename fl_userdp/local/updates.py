@@ -1,8 +1,15 @@
 """Clipped client contributions: per-user updates (ULS) and per-example gradients (ELS).
 
 Loss: causal LM loss of one example = mean next-token cross entropy over its
-seq_len - 1 predicted positions (all examples have the same length, so a batch
-mean of per-example losses is also the per-token mean).
+predicted positions. Without `pad_id` every one of the seq_len - 1 positions
+counts (a batch mean of per-example losses is then also the per-token mean).
+With `pad_id` (the corpus' EOS id; `TextCorpus` packs each user's texts and
+pads only the user's last row with EOS) the targets that are padding — the
+tokens after the first EOS of a row's trailing run of EOS, exactly
+`fl_userdp.data.text.pad_mask` — are ignored, so nobody trains on (and the
+held-out loss does not count) the trivial EOS -> EOS predictions of the pads;
+the EOS that ends the text is still a target. Every function below takes
+`pad_id` (default None: all positions count) and passes it down.
 
 Per-example gradients of the LoRA weights take one forward + one backward.
 Default (`method="hooks"`): our own forward hooks on the trainable linear
@@ -41,12 +48,31 @@ def _tokens(model: nn.Module, examples: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(examples, dtype=np.int64), device=_device(model))
 
 
-def per_example_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """(b,) mean next-token cross entropy of each example."""
+def target_mask(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor | None:
+    """(b, seq_len - 1) float: 1 where the next-token target is real text (or the ending EOS), 0 at padding.
+
+    Padding = positions after the first EOS of a row's trailing run of `pad_id`
+    (same rule as `fl_userdp.data.text.pad_mask`). None when `pad_id` is None.
+    """
+    if pad_id is None:
+        return None
+    is_pad = tokens == int(pad_id)
+    run = torch.cumprod(is_pad.flip(1).to(torch.int64), dim=1).sum(dim=1)       # trailing run length
+    pos_from_end = torch.arange(tokens.shape[1] - 1, -1, -1, device=tokens.device)
+    padding = pos_from_end[None, :] < (run[:, None] - 1)
+    return (~padding[:, 1:]).float()
+
+
+def per_example_loss(model: nn.Module, tokens: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+    """(b,) mean next-token cross entropy of each example (over its non-padding targets when pad_id is set)."""
     logits = model(input_ids=tokens).logits[:, :-1].float()
     targets = tokens[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return ce.view(targets.shape).mean(dim=1)
+    ce = ce.view(targets.shape)
+    mask = target_mask(tokens, pad_id)
+    if mask is None:
+        return ce.mean(dim=1)
+    return (ce * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class _LinearGradSampler:
@@ -103,19 +129,21 @@ def _hook_sampler(model: nn.Module) -> _LinearGradSampler:
     return sampler
 
 
-def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
+                 pad_id: int | None = None) -> list[torch.Tensor]:
     sampler = _hook_sampler(model)
     sampler.active, sampler.store = True, {}
     try:
         with torch.enable_grad():
-            per_example_loss(model, tokens).sum().backward()
+            per_example_loss(model, tokens, pad_id).sum().backward()
         return [sampler.store.get(p, torch.zeros((tokens.shape[0], *p.shape), device=p.device)).float()
                 for p in params]
     finally:
         sampler.active, sampler.store = False, {}
 
 
-def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
+                  pad_id: int | None = None) -> list[torch.Tensor]:
     """opacus GradSampleModule, attached for this call only (its disabled hooks would still slow
     and warn in plain backward passes of the shared model)."""
     from opacus import GradSampleModule
@@ -128,7 +156,7 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
             for p in params:
                 p.grad_sample = None
             with torch.enable_grad():
-                per_example_loss(gsm, tokens).sum().backward()
+                per_example_loss(gsm, tokens, pad_id).sum().backward()
             return [(p.grad_sample if p.grad_sample is not None
                      else torch.zeros((tokens.shape[0], *p.shape), device=p.device)).float() for p in params]
         finally:
@@ -137,7 +165,8 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
                 p.grad_sample = None
 
 
-def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFAULT_METHOD) -> list[torch.Tensor]:
+def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFAULT_METHOD,
+                      pad_id: int | None = None) -> list[torch.Tensor]:
     """Per-example gradients of the trainable weights: one (b, *shape) float32 tensor per array.
 
     method="hooks" (default, fastest: ~1.05-1.1x a plain backward) or "opacus"
@@ -149,9 +178,9 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
         p.grad = None
     try:
         if method == "hooks":
-            return _grads_hooks(model, tokens, params)
+            return _grads_hooks(model, tokens, params, pad_id)
         if method == "opacus":
-            return _grads_opacus(model, tokens, params)
+            return _grads_opacus(model, tokens, params, pad_id)
         raise ValueError(f"method must be 'hooks' or 'opacus', got {method!r}")
     finally:
         for p in params:
@@ -165,7 +194,8 @@ def _flat_cpu(tensors: list[torch.Tensor]) -> np.ndarray:
 
 
 def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
-                    chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD) -> tuple[np.ndarray, int]:
+                    chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
+                    pad_id: int | None = None) -> tuple[np.ndarray, int]:
     """Σ_i clip(∇ loss_i, C) over the rows of `examples`, at the model's current weights.
 
     Returns (flat float64 sum, number of examples whose gradient norm exceeded C).
@@ -175,7 +205,7 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
     total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
     clipped = 0
     for lo in range(0, examples.shape[0], chunk_size):
-        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method)
+        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method, pad_id)
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
         factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-12), max=1.0)
         clipped += int((norms > clip_norm).sum())
@@ -185,7 +215,7 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
 
 
 def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_size: int,
-                     method: str) -> list[torch.Tensor]:
+                     method: str, pad_id: int | None = None) -> list[torch.Tensor]:
     """Each user's mean gradient: one (U, d_p) tensor per trainable array (segment sums of per-example grads)."""
     params = [p for _, p in trainable_params(model)]
     counts = np.array([len(e) for e in user_examples], dtype=np.int64)
@@ -196,7 +226,7 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
         stacked = np.concatenate(nonempty)
         owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
         for lo in range(0, stacked.shape[0], chunk_size):
-            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]), method)
+            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]), method, pad_id)
             who = owner[lo:lo + chunk_size]
             for acc, g in zip(sums, grads):
                 acc.index_add_(0, who, g.reshape(g.shape[0], -1))
@@ -205,7 +235,7 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
 
 
 def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.ndarray], local_steps: int,
-                        local_lr: float, batch_size: int) -> list[torch.Tensor]:
+                        local_lr: float, batch_size: int, pad_id: int | None = None) -> list[torch.Tensor]:
     """start − end after τ SGD steps on batches cycling over the user's examples."""
     params = [p for _, p in trainable_params(model)]
     start_t = [p.detach().clone() for p in params]
@@ -220,7 +250,7 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
         for p in params:
             p.grad = None
         with torch.enable_grad():
-            per_example_loss(model, tokens[idx]).mean().backward()
+            per_example_loss(model, tokens[idx], pad_id).mean().backward()
         with torch.no_grad():
             for p in params:
                 if p.grad is not None:
@@ -234,7 +264,7 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
 
 def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm: float, update: str,
                     local_steps: int, local_lr: float, batch_size: int, start: list[np.ndarray],
-                    chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
+                    chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD, pad_id: int | None = None,
                     ) -> tuple[np.ndarray, int, list[float]]:
     """Σ_u clip(Δ_u, C) over users, each Δ_u computed from `start` on that user's (≤ k) examples.
 
@@ -253,9 +283,10 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     if not user_examples:
         return _flat_cpu(total), 0, []
     if update == "gradient":
-        per_user = _user_mean_grads(model, user_examples, chunk_size, method)           # list of (U, d_p)
+        per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id)           # list of (U, d_p)
     else:
-        deltas = [_local_steps_update(model, e, start, local_steps, local_lr, batch_size) for e in user_examples]
+        deltas = [_local_steps_update(model, e, start, local_steps, local_lr, batch_size, pad_id)
+                  for e in user_examples]
         per_user = [torch.stack([d[j].reshape(-1) for d in deltas]) for j in range(len(params))]
     norms = torch.sqrt(sum(u.double().pow(2).sum(dim=1) for u in per_user))
     factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
@@ -265,16 +296,25 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64) -> float:
-    """Mean per-token next-token loss over `examples` (nan when there are none)."""
+def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64, pad_id: int | None = None) -> float:
+    """Mean per-token next-token loss over `examples` (nan when there are none).
+
+    With `pad_id` the padding targets are left out and the mean is over the
+    remaining tokens (so exp(eval_loss) is a per-token perplexity of real text).
+    """
     examples = np.asarray(examples, dtype=np.int64)
     if examples.shape[0] == 0:
         return float("nan")
-    total = 0.0
+    total, tokens_counted = 0.0, 0.0
     for lo in range(0, examples.shape[0], batch_size):
-        total += float(per_example_loss(model, _tokens(model, examples[lo:lo + batch_size])).sum())
-    return total / examples.shape[0]
+        tokens = _tokens(model, examples[lo:lo + batch_size])
+        mask = target_mask(tokens, pad_id)
+        weights = (mask.sum(dim=1) if mask is not None
+                   else torch.full((tokens.shape[0],), float(tokens.shape[1] - 1), device=tokens.device))
+        total += float((per_example_loss(model, tokens, pad_id) * weights).sum())
+        tokens_counted += float(weights.sum())
+    return total / max(tokens_counted, 1.0)
 
 
-__all__ = ["per_example_loss", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
+__all__ = ["per_example_loss", "target_mask", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
            "get_trainable", "set_trainable"]

@@ -115,3 +115,31 @@ def test_eval_loss(model, examples):
     assert 3.0 < ref < 8.0
     assert np.isnan(eval_loss(model, examples[:0]))
     assert len(trainable_shapes(model)) == 4 * CFG.num_layers
+
+
+def test_pad_targets_are_ignored(model):
+    """With pad_id, the EOS padding of a user's last packed row is neither trained on nor evaluated."""
+    from fl_userdp.data.text import pad_mask
+    from fl_userdp.local.updates import target_mask
+
+    eos, L = CFG.vocab_size - 1, CFG.seq_len
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, eos, (2, L))
+    full[1, -1] = eos                                   # a text that ends exactly at the row end: no padding
+    short = rng.integers(0, eos, (1, L))
+    short[0, 10:] = eos                                 # text + EOS at 10, padding after it
+    rows = np.concatenate([full, short])
+    mask = target_mask(torch.as_tensor(rows), eos).numpy()
+    np.testing.assert_array_equal(mask, ~pad_mask(rows, eos)[:, 1:])
+    assert mask[2, :10].all() and not mask[2, 10:].any()   # target at 10 (the ending EOS) counts
+    with torch.no_grad():
+        plain = per_example_loss(model, torch.as_tensor(rows)).numpy()
+        masked = per_example_loss(model, torch.as_tensor(rows), eos).numpy()
+        ref = per_example_loss(model, torch.as_tensor(short[:, :11])).numpy()   # the real part only
+    np.testing.assert_allclose(masked[:2], plain[:2], rtol=1e-6)
+    np.testing.assert_allclose(masked[2], ref[0], rtol=1e-5)
+    want = (plain[:2].sum() * (L - 1) + ref[0] * 10) / (2 * (L - 1) + 10)        # per-token mean
+    assert eval_loss(model, rows, batch_size=2, pad_id=eos) == pytest.approx(want, rel=1e-5)
+    g_pad, _ = els_clipped_sum(model, short, 1e6, pad_id=eos)
+    g_cut, _ = els_clipped_sum(model, short[:, :11], 1e6)
+    np.testing.assert_allclose(g_pad, g_cut, rtol=1e-4, atol=1e-8)
