@@ -27,6 +27,9 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR", help="attach to a running Ray cluster ('auto' or host:port)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--backend", choices=["ray", "inprocess"], default="ray",
+                   help="ray: Flower's simulation engine (default); inprocess: the same server and node "
+                        "computations in this process, no engine (small configs, tests, debugging)")
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
@@ -62,6 +65,9 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
 
     console, t0 = Console(stderr=True), time.perf_counter()
     out = Path(cfg.out)
+    if a.resume:  # refuse an untrustworthy checkpoint before loading anything (one line, exit 2)
+        from server.runner import check_resume
+        check_resume(cfg, out, modes)
     out.mkdir(parents=True, exist_ok=True)
     with console.status("loading data, building the model, calibrating noise…"):
         setup = prepare(cfg, modes)
@@ -91,7 +97,11 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
             console.print(f"  {rec['mode'].upper()} round {rec['round']}: {info}")
 
     with progress:
-        results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
+        if getattr(a, "backend", "ray") == "inprocess":
+            from server import inprocess
+            results = inprocess.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
+        else:
+            results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
 
     records = [r for res in results for r in res.records]
     stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]

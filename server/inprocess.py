@@ -38,3 +38,24 @@ class InProcessTransport:
 
     def evaluate(self, weights: list[np.ndarray]) -> float:
         return self.worker.evaluate(self.cfg, weights)
+
+
+def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, setup=None, on_record=None,
+        on_mode=None) -> list:
+    """Every mode of cfg in this process, one after another (`fl-userdp run --backend inprocess`).
+
+    Same server (`run_mode`: budget stop, checkpoints, resume, metrics) and the same node computations
+    as the Flower simulation, without the engine: fast and deterministic for small configs and tests.
+    """
+    from .runner import prepare, run_mode
+    from .strategy import with_mode
+
+    setup = setup or prepare(cfg, modes)
+    results = []
+    for mode in modes:
+        mcfg = with_mode(cfg, mode)
+        if on_mode:
+            on_mode(mode, setup.sigmas.get(mode, float("nan")))
+        transport = InProcessTransport(mcfg)
+        results.append(run_mode(mcfg, setup, transport, transport.evaluate, mcfg.out, resume, on_record))
+    return results
