@@ -32,25 +32,46 @@ def append_record(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All records; a last line cut short by a crash mid-write (no newline, not JSON) is skipped."""
     p = Path(path)
     if not p.exists():
         return []
-    with p.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    lines = p.read_text(encoding="utf-8").split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    records = [json.loads(line) for line in lines if line.strip()]
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))
+        except json.JSONDecodeError:
+            pass
+    return records
+
+
+def _write_records(p: Path, records: Iterable[dict[str, Any]]) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
 
 
 def keep_records(path: str | Path, mode: str, up_to_round: int) -> list[dict[str, Any]]:
-    """Drop `mode`'s records after `up_to_round` (a fresh start keeps none); rewrite atomically."""
+    """Drop `mode`'s records after `up_to_round` (a fresh start keeps none) and any line cut short by a
+    crash; rewrite atomically. On resume this leaves exactly one record per round up to the checkpoint."""
     p = Path(path)
     records = read_records(p)
     kept = [r for r in records if r.get("mode") != mode or int(r.get("round", 0)) <= up_to_round]
-    if len(kept) != len(records) or not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, p)
+    _write_records(p, kept)
     return [r for r in kept if r.get("mode") == mode]
+
+
+def replace_mode_records(path: str | Path, mode: str, records: Sequence[dict[str, Any]]) -> None:
+    """Rewrite the file with `mode`'s records replaced by `records` (other modes kept, in order)."""
+    p = Path(path)
+    others = [r for r in read_records(p) if r.get("mode") != mode]
+    _write_records(p, [*others, *({k: _clean(v) for k, v in r.items()} for r in records)])
 
 
 def by_mode(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -81,6 +102,7 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
             "mean_clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
             "failures": sum(r.get("failures", 0) for r in rows), "rejected": sum(r.get("rejected", 0) for r in rows),
             "wall_time": sum(r.get("wall_time", 0.0) for r in rows),
+            "stop_reason": last.get("stop_reason"),
         }
     return {"modes": modes, **(extra or {})}
 

@@ -16,6 +16,7 @@ import numpy as np
 from fl_userdp import report
 from fl_userdp.accounting import calibrate_noise
 from fl_userdp.config import RunConfig
+from fl_userdp.errors import ConfigError
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .strategy import Evaluator, Transport, UserDPStrategy
@@ -41,12 +42,15 @@ def noise_multiplier(cfg: RunConfig) -> float:
 def prepare(cfg: RunConfig, modes: list[str] | None = None) -> Setup:
     """Corpus counts, initial weights (same seed as the nodes), σ for each mode."""
     from fl_userdp.data import load_corpus
-    from fl_userdp.local.model import build_model, get_trainable
 
     from .strategy import with_mode
 
+    if cfg.model.name != "linear":  # the linear task is numpy only
+        from fl_userdp.local.model import build_model, get_trainable
+
     corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
-    setup = Setup(np.asarray(corpus.counts, np.int64), get_trainable(build_model(cfg.model, cfg.seed)))
+    init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" else get_trainable(build_model(cfg.model, cfg.seed))
+    setup = Setup(np.asarray(corpus.counts, np.int64), init)
     for mode in modes or [cfg.privacy.mode]:
         setup.sigmas[mode] = noise_multiplier(with_mode(cfg, mode))
     return setup
@@ -63,12 +67,34 @@ class ModeResult:
     strategy: UserDPStrategy | None = None
 
 
+def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
+    """Before anything starts: every checkpoint `--resume` would load must be trustworthy.
+
+    Raises ConfigError (one line) for a checkpoint without a ledger, with a ledger that does not match its
+    round, written for another config, or missing while metrics.jsonl already holds rounds of that mode
+    (a fresh start would reset the privacy budget).
+    """
+    from .strategy import check_identity, with_mode
+
+    out = Path(out)
+    for mode in modes:
+        ckpt = checkpoint_path(out, mode)
+        if ckpt.exists():
+            meta, _ = load_checkpoint(ckpt)
+            check_identity(meta, with_mode(cfg, mode))
+        elif any(r.get("mode") == mode for r in report.read_records(out / report.METRICS)):
+            raise ConfigError("--resume", str(ckpt), f"is missing but {out / report.METRICS} already holds {mode} "
+                              "rounds; refusing to resume (the budget would reset); run without --resume to start over")
+
+
 def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: str | Path,
              resume: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> ModeResult:
     """All rounds of cfg.privacy.mode (from a checkpoint when `resume` and one exists)."""
     out, mode = Path(out), cfg.privacy.mode
     out.mkdir(parents=True, exist_ok=True)
     ckpt, meta = checkpoint_path(out, mode), None
+    if resume:
+        check_resume(cfg, out, [mode])
     if resume and ckpt.exists():
         meta, arrays = load_checkpoint(ckpt)
     sigma = float(meta["noise_multiplier"]) if meta else setup.sigmas.get(mode, None)
@@ -79,6 +105,9 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
     metrics = out / report.METRICS
     records = report.keep_records(metrics, mode, strategy.round)
     start = strategy.round
+    if any("stop_reason" in r for r in records):  # an earlier budget stop; this run decides afresh
+        records = [{k: v for k, v in r.items() if k != "stop_reason"} for r in records]
+        report.replace_mode_records(metrics, mode, records)
 
     def save() -> None:
         save_checkpoint(ckpt, *strategy.state())
@@ -94,5 +123,8 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         if cfg.checkpoint_every and strategy.round % cfg.checkpoint_every == 0:
             save()
     save()
+    if strategy.stop_reason and records:  # the last released round carries why the run stopped there
+        records[-1] = {**records[-1], "stop_reason": strategy.stop_reason}
+        report.replace_mode_records(metrics, mode, records)
     return ModeResult(mode, strategy.noise_multiplier, records, strategy.epsilon(), strategy.stop_reason,
                       start, strategy)

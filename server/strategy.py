@@ -85,6 +85,16 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
             and k not in ("privacy.noise-multiplier", "privacy.target-epsilon")}
 
 
+def check_identity(meta: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse a checkpoint written for another mode or another config (ConfigError naming the key)."""
+    if meta.get("mode") != cfg.privacy.mode:
+        raise ConfigError("--resume", meta.get("mode"), f"checkpoint is for another mode than {cfg.privacy.mode!r}")
+    saved, now = meta.get("identity", {}), identity(cfg)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise ConfigError(key, now.get(key), f"differs from the checkpoint ({saved.get(key)!r}); refusing to resume")
+
+
 class UserDPStrategy:
     """Server state and round logic for one mode (cfg.privacy.mode) of one run."""
 
@@ -229,12 +239,7 @@ class UserDPStrategy:
 
     def restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Load a checked checkpoint (see server.checkpoint.load_checkpoint)."""
-        if meta.get("mode") != self.mode:
-            raise ConfigError("--resume", meta.get("mode"), f"checkpoint is for another mode than {self.mode!r}")
-        saved, now = meta.get("identity", {}), identity(self.cfg)
-        for key in sorted(set(saved) | set(now)):
-            if saved.get(key) != now.get(key):
-                raise ConfigError(key, now.get(key), f"differs from the checkpoint ({saved.get(key)!r}); refusing to resume")
+        check_identity(meta, self.cfg)
         if float(meta["noise_multiplier"]) != self.noise_multiplier:
             raise ConfigError("privacy.noise-multiplier", self.noise_multiplier,
                               f"differs from the checkpoint ({meta['noise_multiplier']!r})")
