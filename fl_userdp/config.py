@@ -24,7 +24,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None  # σ; None -> calibrated from target_epsilon
     target_epsilon: float = 8.0       # used when noise_multiplier is None
     delta: float = 1e-5
-    sampling_rate: float = 0.1        # users (ULS) or kept examples (ELS)
+    sampling_rate: float = 0.03125    # users (ULS) or kept examples (ELS)
     max_examples_per_user: int = 8    # k
     accountant: str = "pld"           # "pld" | "rdp" | "group"
     max_epsilon: float | None = None  # budget stop; None = no stop
@@ -35,34 +35,35 @@ class PrivacyConfig:
 class TrainConfig:
     rounds: int = 20
     server_optimizer: str = "adam"    # "sgd" | "adam"
-    server_lr: float = 0.01
+    server_lr: float = 0.05
     update: str = "gradient"          # ULS: "gradient" | "local-steps"
     local_steps: int = 1              # τ for local-steps mode
     local_lr: float = 0.1
     local_batch_size: int = 8
-    eval_every: int = 1
+    eval_every: int = 2
     eval_examples: int = 256
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "tiny"                # "tiny" (built from config) or a local HF folder / .gguf file
+    name: str = "tiny"                # "tiny" (built from config), "linear" (numpy linear regression) or a local HF folder / .gguf file
     vocab_size: int = 128             # tiny model only
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
     seq_len: int = 32
-    lora_rank: int = 4
+    lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_targets: str = "auto"        # comma-separated module names, or "auto"
     dtype: str = "float32"
     device: str = "cpu"
+    dim: int = 64                     # linear model only: number of features (and weights)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"         # "synthetic" or a path to a user-partitioned dataset
-    num_users: int = 256
+    num_users: int = 1024
     heldout_users: int = 32
     examples_per_user_median: float = 12.0
     examples_per_user_sigma: float = 1.0   # log-normal spread of n_u
@@ -191,7 +192,11 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype, "must be float32, bfloat16 or float16")
     need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
          "must be 'cpu', 'cuda[:N]' or 'auto'")
-    need(m.name == "tiny" or Path(m.name).exists(), "model.name", m.name, "must be 'tiny' or an existing local path")
+    need(m.name in ("tiny", "linear") or Path(m.name).exists(), "model.name", m.name,
+         "must be 'tiny', 'linear' or an existing local path")
+    need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")
+    need(m.name != "linear" or d.source == "synthetic", "data.source", d.source,
+         "must be 'synthetic' with model.name 'linear' (the linear task has its own synthetic users)")
     need(d.source in ("synthetic", "shakespeare") or Path(d.source).exists(), "data.source", d.source,
          "must be 'synthetic', 'shakespeare' or an existing path")
     need(d.num_users >= 1, "data.num-users", d.num_users, "must be >= 1")

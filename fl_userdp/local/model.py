@@ -73,7 +73,10 @@ def lora_targets(model_cfg: ModelConfig, base: nn.Module) -> list[str]:
     if model_cfg.lora_targets.strip() and model_cfg.lora_targets.strip() != "auto":
         return [t.strip() for t in model_cfg.lora_targets.split(",") if t.strip()]
     leaf_names = {name.rsplit(".", 1)[-1] for name, mod in base.named_modules() if isinstance(mod, nn.Linear)}
-    for candidate in (["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["query", "value"]):
+    # All attention and MLP projections when present (LoRA on every linear layer adapts a
+    # frozen base far better than on q/v alone), else the usual attention names.
+    llama = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for candidate in (llama, ["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["query", "value"]):
         if set(candidate) <= leaf_names:
             return candidate
     return sorted(leaf_names - {"lm_head"})

@@ -35,7 +35,7 @@ def test_only_lora_trainable_and_shapes():
     names = trainable_names(m)
     assert names and all("lora_" in n for n in names)
     assert any("q_proj" in n for n in names) and any("v_proj" in n for n in names)
-    assert len(names) == 4 * CFG.num_layers
+    assert len(names) == 2 * 7 * CFG.num_layers  # A and B for q,k,v,o,gate,up,down in every layer
     assert trainable_shapes(m)[0] == (CFG.lora_rank, CFG.hidden_size)
     assert num_trainable(m) == sum(int(np.prod(s)) for s in trainable_shapes(m))
     assert build_model(ModelConfig(lora_targets="q_proj,k_proj,v_proj,o_proj"), 0) is not None
