@@ -56,6 +56,19 @@ def spec_of(cfg: dict) -> me.TaskSpec:
                        count_log_std=cfg["count_log_std"])
 
 
+def on_edges(k: int, lr: float, clip: float) -> list[str]:
+    """Which chosen hyper-parameters sit on an edge of their tuning grid (k = 1 is a natural bound)."""
+    edges = []
+    if k == max(configs.K_GRID):
+        edges.append("k=max")
+    for name, v, g in (("lr", lr, configs.LR_GRID), ("clip", clip, configs.CLIP_GRID)):
+        if v == min(g):
+            edges.append(f"{name}=min")
+        elif v == max(g):
+            edges.append(f"{name}=max")
+    return edges
+
+
 def setting(cfg: dict, mode: str, grid, pops: dict) -> dict:
     spec = spec_of(cfg)
     lrs = [g[0] for g in grid]
@@ -84,7 +97,8 @@ def setting(cfg: dict, mode: str, grid, pops: dict) -> dict:
                      seed=seed)
         errors.append(float(res.errors[0]))
         eps, users = res.epsilon, res.user_updates / max(res.steps, 1)
-    return {"mode": mode, "k": best_k, **{kk: best[kk] for kk in ("learning_rate", "clip_norm", "sampling_rate",
+    edges = on_edges(best_k, best["learning_rate"], best["clip_norm"])
+    return {"mode": mode, "k": best_k, "grid_edges": edges, **{kk: best[kk] for kk in ("learning_rate", "clip_norm", "sampling_rate",
                                                                   "noise_multiplier")},
             "epsilon_spent": eps, "users_per_step": users, "errors": errors,
             "error_mean": float(np.mean(errors)), "error_std": float(np.std(errors, ddof=1)),
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
         for name in args.questions.split(","):
             q = configs.QUESTIONS[name]
             for value in q["values"]:
-                cfg = {**configs.BASE, q["axis"]: value}
+                cfg = {**configs.BASE, **q.get("base", {}), q["axis"]: value}
                 pops: dict = {}
                 for mode in me.MODES:
                     t0 = time.time()
@@ -119,7 +133,8 @@ def main(argv=None) -> int:
                     out.flush()
                     save_cache()
                     print(f"{name}={value} {mode}: k={rec['k']} lr={rec['learning_rate']} C={rec['clip_norm']} "
-                          f"err={rec['error_mean']:.4g}±{rec['error_std']:.2g} ({rec['seconds']}s)", flush=True)
+                          f"err={rec['error_mean']:.4g}±{rec['error_std']:.2g} ({rec['seconds']}s)"
+                          + (f" EDGE {','.join(rec['grid_edges'])}" if rec["grid_edges"] else ""), flush=True)
     print(f"total {time.time() - t_all:.0f}s")
     return 0
 
