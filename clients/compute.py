@@ -12,6 +12,12 @@ of its users' clipped contributions:
 * ELS: the sum of per-example clipped gradients of the sampled kept examples
   (the server sends their ids; `els_clipped_sum`).
 
+`model.name = "linear"` (`LinearWorker`, numpy only) is the population-scale
+task: linear regression on `fl_userdp.data.LinearCorpus`, where a node computes
+all its sampled users' updates in one vectorised pass (segment sums over a
+CSR of examples); `LinearWorker.uls_loop` is the same computation one user
+at a time (the plain-loop reference of tests and benchmarks).
+
 Both also report the mean training loss of the records at the round's start
 weights (one no-grad forward over the same examples) so the server can log
 a training loss. The flat sums are float64 in `trainable_names` order.
@@ -55,10 +61,10 @@ def config_from_flat(flat: Mapping[str, Any]) -> RunConfig:
     return _CONFIGS[key]
 
 
-def worker_for(cfg: RunConfig) -> "Worker":
+def worker_for(cfg: RunConfig) -> "Worker | LinearWorker":
     key = (cfg.model, cfg.data, cfg.seed)
     if key not in _WORKERS:
-        _WORKERS[key] = Worker(cfg)
+        _WORKERS[key] = LinearWorker(cfg) if cfg.model.name == "linear" else Worker(cfg)
     return _WORKERS[key]
 
 
@@ -127,3 +133,150 @@ class Worker:
             self._heldout[n] = self.corpus.heldout()[:n]
         set_trainable(self.model, weights)
         return eval_loss(self.model, self._heldout[n], pad_id=self.pad_id)
+
+
+# -- the linear task (numpy only) ---------------------------------------------------------------------------
+def linear_example_ids(seed: int, rnd: int, user: int, n_u: int, k: int) -> np.ndarray:
+    """The ≤ k examples (local ids, sorted) user `user` trains on in round `rnd` (ULS, linear task).
+
+    A uniformly random k-subset, fresh each round: the k examples with the smallest hash of
+    (seed, round, user, example) — a pure function, so many users can be chosen at once
+    (`_linear_choice`) with the same result as one at a time.
+    """
+    if n_u <= k:
+        return np.arange(n_u)
+    h = _choice_hash(seed, rnd, np.full(n_u, user, np.int64), np.arange(n_u))
+    return np.sort(np.argsort(h, kind="stable")[:k])
+
+
+def _choice_hash(seed: int, rnd: int, users: np.ndarray, local: np.ndarray) -> np.ndarray:
+    from fl_userdp.mean_estimation import _mix64
+
+    key = np.uint64(int(rng_for(seed, "cap", rnd).integers(0, 2**63)))
+    ctr = (users.astype(np.uint64) << np.uint64(32)) | local.astype(np.uint64)
+    ctr *= np.uint64(0x9E3779B97F4A7C15)
+    ctr += key
+    return _mix64(ctr)
+
+
+def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(owner index into `users`, local id) of every chosen example, grouped by owner, ids sorted."""
+    n = np.asarray(counts, np.int64)[users]
+    owner = np.repeat(np.arange(users.size), n)
+    local = np.arange(owner.size) - np.repeat(np.cumsum(n) - n, n)
+    big = n[owner] > k                      # only users with more than k examples choose
+    if np.any(big):
+        h = np.zeros(owner.size, np.uint64)
+        h[big] = _choice_hash(seed, rnd, users[owner[big]], local[big])
+        order = np.lexsort((h, owner))      # by owner, then hash (stable: ties by local id)
+        rank = np.empty_like(order)
+        rank[order] = local
+        keep = rank < k
+        owner, local = owner[keep], local[keep]
+    return owner, local
+
+
+def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Row sums of `values` over the segments [offsets[i], offsets[i+1]) (all non-empty)."""
+    return np.add.reduceat(values, offsets[:-1], axis=0)
+
+
+class LinearWorker:
+    """A process's linear-regression corpus; computes node contributions vectorised over the node's users.
+
+    Loss of one example: ½(x·w − y)². A user's update from the broadcast weights w:
+    update="gradient": the mean gradient over its (≤ k) examples; update="local-steps": w − w_τ after τ SGD
+    steps (lr `train.local-lr`) on batches of min(b, m_u) examples cycling over its m_u examples (the same
+    schedule as the LM path) — with τ = 1 and b ≥ k that is lr·(mean gradient). Each update is clipped to C.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from fl_userdp.data import load_corpus
+
+        self.seed = cfg.seed
+        self.corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
+        self.shapes = [(cfg.model.dim,)]
+        self._heldout: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _weights(weights: list[np.ndarray]) -> np.ndarray:
+        return np.asarray(weights[0], np.float64).ravel()
+
+    def _updates(self, cfg: RunConfig, w: np.ndarray, x: np.ndarray, y: np.ndarray, offsets: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user updates (M, d) and per-user mean losses at w (M,), examples grouped by user (CSR)."""
+        t = cfg.train
+        m = np.diff(offsets)
+        resid = x @ w - y
+        loss = _segment_sum(0.5 * resid ** 2, offsets) / m
+        grad = _segment_sum(resid[:, None] * x, offsets) / m[:, None]
+        if t.update == "gradient":
+            return grad, loss
+        b = np.minimum(t.local_batch_size, m)
+        if t.local_steps == 1 and np.all(b == m):  # one full-batch step: lr · mean gradient
+            return t.local_lr * grad, loss
+        wu = np.repeat(w[None, :], m.size, axis=0)
+        boff = np.concatenate([[0], np.cumsum(b)])
+        owner = np.repeat(np.arange(m.size), b)
+        pos = np.arange(boff[-1]) - boff[:-1][owner]
+        for step in range(t.local_steps):
+            idx = offsets[:-1][owner] + (step * b[owner] + pos) % m[owner]
+            r = np.einsum("ed,ed->e", x[idx], wu[owner]) - y[idx]
+            wu -= t.local_lr * _segment_sum(r[:, None] * x[idx], boff) / b[:, None]
+        return w[None, :] - wu, loss
+
+    def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
+            with_loss: bool = True) -> Contribution:
+        """All sampled users at once: choose ≤ k examples each, one CSR, per-user updates, clip, sum."""
+        from fl_userdp.clipping import clip_factors
+
+        w, users = self._weights(weights), np.asarray(users, np.int64)
+        if users.size == 0:
+            return Contribution(np.zeros_like(w), 0, 0, 0, None)
+        owner, local = _linear_choice(self.seed, rnd, self.corpus.counts, users, cfg.privacy.max_examples_per_user)
+        x, y = self.corpus.rows(users[owner], local, self.corpus.user_weights(users)[owner])
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=users.size))])
+        upd, loss = self._updates(cfg, w, x, y, offsets)
+        norms = np.sqrt(np.einsum("ud,ud->u", upd, upd))
+        total = clip_factors(norms, cfg.privacy.clip_norm) @ upd
+        return Contribution(total, int(users.size), int(owner.size), int(np.sum(norms > cfg.privacy.clip_norm)),
+                            float(loss.sum()) if with_loss else None)
+
+    def uls_loop(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray) -> Contribution:
+        """The same contribution as `uls`, one user at a time (the plain-loop reference)."""
+        from fl_userdp.clipping import clip
+
+        w, k, C = self._weights(weights), cfg.privacy.max_examples_per_user, cfg.privacy.clip_norm
+        total, examples, clipped, loss_sum = np.zeros_like(w), 0, 0, 0.0
+        for u in np.asarray(users, np.int64):
+            ids = linear_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k)
+            x, y = self.corpus.rows(np.full(ids.size, u), ids)
+            upd, loss = self._updates(cfg, w, x, y, np.array([0, ids.size]))
+            norm = float(np.linalg.norm(upd[0]))
+            total += clip(upd[0], C)
+            examples, clipped, loss_sum = examples + ids.size, clipped + (norm > C), loss_sum + float(loss[0])
+        return Contribution(total, len(users), examples, clipped, loss_sum if len(users) else None)
+
+    def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
+            example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
+        """Σ of per-example clipped gradients (x·w − y)·x of the sampled kept examples."""
+        from fl_userdp.clipping import clip_factors
+
+        w, users = self._weights(weights), np.asarray(users, np.int64)
+        owners = np.repeat(users, np.diff(offsets))
+        x, y = self.corpus.rows(owners, example_ids)
+        resid = x @ w - y
+        norms = np.abs(resid) * np.sqrt(np.einsum("ed,ed->e", x, x))
+        f = clip_factors(norms, cfg.privacy.clip_norm)
+        loss = float(np.sum(0.5 * resid ** 2)) if with_loss and owners.size else None
+        return Contribution((f * resid) @ x, int(users.size), int(owners.size),
+                            int(np.sum(norms > cfg.privacy.clip_norm)), loss)
+
+    def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:
+        """Mean ½(x·w − y)² over the first train.eval-examples held-out examples (nan without any)."""
+        n = cfg.train.eval_examples
+        if n not in self._heldout:
+            self._heldout[n] = self.corpus.heldout(n)
+        x, y = self._heldout[n]
+        return float(np.mean(0.5 * (x @ self._weights(weights) - y) ** 2)) if y.size else float("nan")

@@ -42,6 +42,8 @@ def test_defaults_round_trip_and_are_frozen():
     ({"privacy.samplng-rate": 0.1}, "privacy.samplng-rate"),
     ({"train.rounds": "many"}, "train.rounds"),
     ({"model.name": "/no/such/folder"}, "model.name"),
+    ({"model.name": "linear", "model.dim": 0}, "model.dim"),
+    ({"model.name": "linear", "data.source": "shakespeare"}, "data.source"),
     ({"privacy.mode": "els", "privacy.accountant": "rdp"}, "privacy.accountant"),
 ])
 def test_bad_values_name_the_key(flat, key):

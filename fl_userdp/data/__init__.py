@@ -1,7 +1,8 @@
 """User-partitioned datasets (pure numpy: importing this never imports torch).
 
 `load_corpus(data_cfg, model_cfg, seed)` returns a `UserCorpus` for
-`data.source`: "synthetic" (`SyntheticTextCorpus`), or a text source made into
+`data.source`: "synthetic" (`SyntheticTextCorpus`; with `model.name = "linear"` the
+linear-regression users of `LinearCorpus`), or a text source made into
 a `TextCorpus` (tokenised with `tokenizer_for(model_cfg)`, packed to seq_len):
 "shakespeare" (the plays fetched by `fl-userdp assets`), a folder of plays,
 a tinyshakespeare-style `.txt` file, or users' own files (`files.read_users`:
@@ -12,10 +13,11 @@ from __future__ import annotations
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
 from .base import UserCorpus
+from .linear import LinearCorpus
 from .synthetic_text import SyntheticTextCorpus
 from .text import ByteTokenizer, TextCorpus, text_corpus
 
-__all__ = ["UserCorpus", "SyntheticTextCorpus", "TextCorpus", "ByteTokenizer", "load_corpus", "read_text_users"]
+__all__ = ["UserCorpus", "LinearCorpus", "SyntheticTextCorpus", "TextCorpus", "ByteTokenizer", "load_corpus", "read_text_users"]
 
 
 def read_text_users(data_cfg: DataConfig) -> dict[str, list[str]]:
@@ -40,6 +42,10 @@ def load_corpus(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> User
     """The corpus named by `data_cfg.source`, seeded by `seed`."""
     if data_cfg.num_users < 1:
         raise ConfigError("data.num-users", data_cfg.num_users, "must be >= 1 (the corpus is empty)")
+    if model_cfg.name == "linear":
+        if data_cfg.source != "synthetic":
+            raise ConfigError("data.source", data_cfg.source, "must be 'synthetic' with model.name 'linear'")
+        return LinearCorpus(data_cfg, model_cfg, seed)
     if data_cfg.source == "synthetic":
         return SyntheticTextCorpus(data_cfg, model_cfg, seed)
     return text_corpus(read_text_users(data_cfg), data_cfg, model_cfg, seed, data_cfg.source)

@@ -52,3 +52,63 @@ def test_worker_reports_counts_and_losses():
     assert c.users == 3 and c.clipped == 3 and c.examples == sum(min(int(w.corpus.counts[u]), 4) for u in (0, 3, 7))
     assert np.linalg.norm(c.total) <= 3 * 1e-3 * (1 + 1e-6) and c.loss_sum / 3 > 0
     assert np.isfinite(w.evaluate(cfg, weights))
+
+
+LINEAR = {"model.name": "linear", "model.dim": 8, "data.num-users": 60, "data.heldout-users": 3,
+          "privacy.sampling-rate": 0.4, "privacy.noise-multiplier": 1.0, "privacy.max-examples-per-user": 4,
+          "privacy.clip-norm": 0.5, "train.update": "local-steps", "train.local-steps": 1, "train.local-batch-size": 4}
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+def test_linear_one_user_per_node_equals_many_users_per_node(mode):
+    """Linear task, real node code (vectorised within a node): users-per-node 1 / 7 / all give the same
+    sampled users, the same pre-noise aggregate and counts — and ULS equals the one-user-at-a-time loop."""
+    from server.inprocess import InProcessTransport
+    from server.runner import prepare
+    from server.strategy import UserDPStrategy
+
+    runs = []
+    for upn in (1, 7, 60):
+        cfg = parse_config({**LINEAR, "privacy.mode": mode, "sim.users-per-node": upn})
+        setup = prepare(cfg)
+        s = UserDPStrategy(cfg, setup.counts, setup.init_weights, 1.0)
+        s.weights = np.random.default_rng(3).normal(size=8)  # away from 0 so some updates clip
+        reqs = s.sample(2)
+        total, st = s.collect(reqs, InProcessTransport(cfg)(reqs, s.weights_list()))
+        assert st["failures"] == st["rejected"] == st["reclipped"] == 0
+        users = np.concatenate([r.users for r in reqs.values()])
+        runs.append((users, total, st["clipped"], st["examples_processed"], st["loss_sum"]))
+        if mode == "uls":
+            loop = worker_for(cfg).uls_loop(cfg, s.weights_list(), 2, users)
+            np.testing.assert_allclose(loop.total, total, rtol=1e-10, atol=1e-12)
+            assert (loop.clipped, loop.examples) == (st["clipped"], st["examples_processed"])
+    assert 0 < runs[0][2] < runs[0][0].size * (4 if mode == "els" else 1)  # some clipped, not all
+    for users, total, clipped, examples, loss in runs[1:]:
+        np.testing.assert_array_equal(users, runs[0][0])
+        np.testing.assert_allclose(total, runs[0][1], rtol=1e-10, atol=1e-12)
+        assert (clipped, examples) == (runs[0][2], runs[0][3]) and loss == pytest.approx(runs[0][4], rel=1e-12)
+
+
+def test_linear_corpus_is_lazy_and_deterministic_and_local_steps_match_the_gradient():
+    from clients.compute import LinearWorker, linear_example_ids
+    from fl_userdp.data import LinearCorpus, load_corpus
+
+    cfg = parse_config({**LINEAR, "data.num-users": 100_000})
+    c = load_corpus(cfg.data, cfg.model, cfg.seed)
+    assert isinstance(c, LinearCorpus) and c.counts.size == 100_000 and c.counts.min() >= 1
+    x, y = c.examples(99_999)
+    x2, y2 = c.rows(np.full(2, 99_999), np.array([1, 0]) % len(y))
+    np.testing.assert_array_equal(x2[1], x[0])
+    np.testing.assert_array_equal(y2[1], y[0])
+    ids = linear_example_ids(0, 5, 7, 30, 4)
+    assert len(ids) == 4 and np.all(np.diff(ids) > 0) and not np.array_equal(ids, linear_example_ids(0, 6, 7, 30, 4))
+    w = LinearWorker(parse_config({**LINEAR, "train.update": "gradient", "privacy.clip-norm": 1e6}))
+    g = w.uls(w_cfg := parse_config({**LINEAR, "train.update": "gradient", "privacy.clip-norm": 1e6}),
+              [np.ones(8)], 1, np.arange(10))
+    s = w.uls(parse_config({**LINEAR, "privacy.clip-norm": 1e6, "train.local-lr": 0.1}), [np.ones(8)], 1, np.arange(10))
+    np.testing.assert_allclose(s.total, 0.1 * g.total, rtol=1e-12)   # one full-batch step = lr · mean gradient
+    assert np.isfinite(w.evaluate(w_cfg, [np.ones(8)]))
+    # several smaller local steps: the vectorised schedule equals the per-user loop
+    cfg3 = parse_config({**LINEAR, "train.local-steps": 3, "train.local-batch-size": 3})
+    v, loop = w.uls(cfg3, [np.ones(8)], 1, np.arange(20)), w.uls_loop(cfg3, [np.ones(8)], 1, np.arange(20))
+    np.testing.assert_allclose(v.total, loop.total, rtol=1e-10)
