@@ -7,12 +7,13 @@ Every message carries what the node needs: the flat run config
 CSR over the node's sampled users). The reply holds the node's sum of
 clipped contributions (ArrayRecord "update", float64, shaped like the
 trainables) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
-seconds). Model and corpus are cached per worker process
+seconds, max-rss-mb: the node process's peak resident memory). Model and corpus are cached per worker process
 (`clients.compute.worker_for`).
 """
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import numpy as np
@@ -43,7 +44,8 @@ def _shard_check(users: np.ndarray, cfg, context: Context) -> None:
 def _reply(msg: Message, c: Contribution, shapes, t0: float) -> Message:
     parts = np.split(c.total, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
     update = ArrayRecord({f"{i:04d}": Array(np.ascontiguousarray(p.reshape(s))) for i, (p, s) in enumerate(zip(parts, shapes))})
-    metrics = {"users": c.users, "examples": c.examples, "clipped": c.clipped, "seconds": time.perf_counter() - t0}
+    metrics = {"users": c.users, "examples": c.examples, "clipped": c.clipped, "seconds": time.perf_counter() - t0,
+               "max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
     if c.loss_sum is not None:
         metrics["loss-sum"] = float(c.loss_sum)
     return Message(content=RecordDict({"update": update, "metrics": MetricRecord(metrics)}), reply_to=msg)
