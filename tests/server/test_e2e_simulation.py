@@ -19,7 +19,8 @@ from fl_userdp.cli import main
 pytestmark = pytest.mark.slow
 
 SMALL = ["--set", "data.num-users=16", "--set", "sim.users-per-node=8", "--set", "privacy.sampling-rate=0.5",
-         "--set", "train.eval-examples=32", "--set", "data.heldout-users=4", "--set", "privacy.noise-multiplier=1.0",
+         "--set", "train.eval-examples=32", "--set", "train.eval-every=1", "--set", "data.heldout-users=4",
+         "--set", "privacy.noise-multiplier=1.0",
          "--no-progress"]
 
 
