@@ -150,7 +150,7 @@ def linear_example_ids(seed: int, rnd: int, user: int, n_u: int, k: int) -> np.n
 
 
 def _choice_hash(seed: int, rnd: int, users: np.ndarray, local: np.ndarray) -> np.ndarray:
-    from fl_userdp.mean_estimation import _mix64
+    from fl_userdp.rng import _mix64
 
     key = np.uint64(int(rng_for(seed, "cap", rnd).integers(0, 2**63)))
     ctr = (users.astype(np.uint64) << np.uint64(32)) | local.astype(np.uint64)

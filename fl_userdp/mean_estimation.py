@@ -39,7 +39,7 @@ from .accounting import UserLevelAccountant, calibrate_noise, make_event
 from .aggregate import expected_count, release
 from .clipping import clip_factors
 from .errors import ConfigError
-from .rng import rng_for
+from .rng import hashed_normals, rng_for
 from .sampling import CappedExamples, cap_examples, poisson_examples, poisson_users
 
 MODES = ("uls", "els")
@@ -79,46 +79,6 @@ def _check_int(key: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ConfigError(key, v, f"must be an integer >= {lo}")
     return int(v)
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 output function on a uint64 array (wrapping arithmetic, in place)."""
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x
-
-
-def hashed_normals(key: int, ids: np.ndarray, dim: int) -> np.ndarray:
-    """Standard normals z[i, j] (float32), a pure function of (key, ids[i], j); shape (len(ids), dim).
-
-    Counter-based: coordinate pair p of id i is SplitMix64 at position
-    i·⌈dim/2⌉ + p of the stream seeded by `key`; its 64 bits give two 24-bit
-    uniforms and Box–Muller turns them into two normals (tails reach 5.9 std).
-    Float32 keeps the transcendental functions vectorised (about 10x faster).
-    """
-    pairs = (dim + 1) // 2
-    ids = np.asarray(ids, dtype=np.uint64)
-    ctr = ids[:, None] * np.uint64(pairs) + np.arange(pairs, dtype=np.uint64)[None, :]
-    ctr *= _GOLDEN
-    ctr += np.uint64(key)
-    h = _mix64(ctr)
-    scale = np.float32(2.0**-24)
-    u1 = ((h >> np.uint64(40)).astype(np.uint32).astype(np.float32) + np.float32(0.5)) * scale
-    u2 = (((h >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.uint32).astype(np.float32) + np.float32(0.5)) * scale
-    r = np.sqrt(np.float32(-2.0) * np.log(u1))
-    ang = np.float32(2.0 * np.pi) * u2
-    z = np.empty((ids.size, 2 * pairs), dtype=np.float32)
-    np.multiply(r, np.cos(ang), out=z[:, 0::2])
-    np.multiply(r, np.sin(ang), out=z[:, 1::2])
-    return z[:, :dim]
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def _pmf_epsilon(pmf, delta: float) -> float:
     losses = np.cumsum(np.concatenate([[top], np.full(n - 1, -h)]))       # itertools.count(top, -h)
     upper = np.cumsum(np.concatenate([[inf_mass], p]))                    # mass_upper before step i: upper[i]
     lower = np.cumsum(np.concatenate([[0.0], np.exp(-losses) * p]))      # mass_lower before step i: lower[i]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf, as Python floats give
         stop = (upper[:-1] > delta) & (lower[:-1] > 0) & (np.log((upper[:-1] - delta) / lower[:-1]) >= losses)
     post = (upper[1:] >= delta) & (lower[1:] == 0)                        # checked after adding step i
     i_stop = int(np.argmax(stop)) if stop.any() else n

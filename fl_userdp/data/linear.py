@@ -21,8 +21,7 @@ import numpy as np
 
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
-from ..mean_estimation import hashed_normals
-from ..rng import rng_for
+from ..rng import hashed_normals, rng_for
 from .synthetic_text import draw_counts
 
 LABEL_NOISE = 0.1
