@@ -114,7 +114,7 @@ def test_eval_loss(model, examples):
     assert eval_loss(model, examples, batch_size=3) == pytest.approx(ref, rel=1e-5)
     assert 3.0 < ref < 8.0
     assert np.isnan(eval_loss(model, examples[:0]))
-    assert len(trainable_shapes(model)) == 4 * CFG.num_layers
+    assert len(trainable_shapes(model)) == 2 * 7 * CFG.num_layers  # A, B on q,k,v,o,gate,up,down
 
 
 def test_pad_targets_are_ignored(model):
@@ -142,4 +142,4 @@ def test_pad_targets_are_ignored(model):
     assert eval_loss(model, rows, batch_size=2, pad_id=eos) == pytest.approx(want, rel=1e-5)
     g_pad, _ = els_clipped_sum(model, short, 1e6, pad_id=eos)
     g_cut, _ = els_clipped_sum(model, short[:, :11], 1e6)
-    np.testing.assert_allclose(g_pad, g_cut, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(g_pad, g_cut, rtol=1e-4, atol=1e-4 * np.abs(g_cut).max())  # float32 sums
