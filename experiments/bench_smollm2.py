@@ -12,8 +12,10 @@ other processes hits all alike), medians over `--reps` after `--warmup`:
          `--per-user` examples each, every user's mean gradient clipped as a whole
          (update="gradient"), all users batched together.
 
-Printed: examples/s of each, and the private/plain time ratios (median over the
-rep pairs). Two model copies: the plain one never has per-example hooks attached.
+Printed: examples per CPU-second of each (this process's CPU time, which load
+from other processes on a shared machine barely moves; the wall times are
+printed too) and the private/plain cost ratios, medians over the reps of the
+ratio within a rep. Two model copies: the plain one never has per-example hooks attached.
 
 Usage: OMP_NUM_THREADS=1 python experiments/bench_smollm2.py [--batch 16] [--seq-len 32] [--reps 5]
 """
@@ -35,10 +37,11 @@ from fl_userdp.local import build_model, els_clipped_sum, get_trainable, per_exa
 from fl_userdp.local.model import num_trainable, trainable_params  # noqa: E402
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is what load from other processes leaves alone."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -84,20 +87,27 @@ def main() -> None:
 
     for _ in range(args.warmup):
         plain(), els(), uls()
-    t = {"plain": [], "els": [], "uls": []}
+    wall = {"plain": [], "els": [], "uls": []}
+    cpu = {"plain": [], "els": [], "uls": []}
     for _ in range(args.reps):
         for name, fn in (("plain", plain), ("els", els), ("uls", uls)):
-            t[name].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in t.items()}
-    ratio = {k: statistics.median([a / b for a, b in zip(t[k], t["plain"])]) for k in ("els", "uls")}
+            w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+    for name in wall:
+        print(f"  {name:5s} wall s: {' '.join(f'{x:6.2f}' for x in wall[name])}   "
+              f"cpu s: {' '.join(f'{x:6.2f}' for x in cpu[name])}")
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    ratio = {k: statistics.median([a / b for a, b in zip(cpu[k], cpu["plain"])]) for k in ("els", "uls")}
+    wratio = {k: statistics.median([a / b for a, b in zip(wall[k], wall["plain"])]) for k in ("els", "uls")}
     print(f"SmolLM2-135M ({args.model}) + LoRA r={args.rank} q_proj,v_proj: {num_trainable(plain_model):,} "
           f"trainable; batch {args.batch} x {args.seq_len} tokens; ULS {len(users)} users x {args.per_user}; "
           f"threads {args.threads}; reps {args.reps} after {args.warmup} warm-up; model load {load_s:.1f} s")
+    print("examples per CPU-second (median CPU time per call); ratio = median over reps of private/plain time")
     print(f"plain step (fwd+bwd)          : {med['plain']:7.2f} s  {args.batch / med['plain']:7.2f} examples/s")
-    print(f"ELS per-example clipped sum   : {med['els']:7.2f} s  {args.batch / med['els']:7.2f} examples/s  "
-          f"ratio {ratio['els']:.3f}x plain")
-    print(f"ULS round ({len(users)} user updates)  : {med['uls']:7.2f} s  {args.batch / med['uls']:7.2f} examples/s  "
-          f"ratio {ratio['uls']:.3f}x plain")
+    for k, label in (("els", "ELS per-example clipped sum   "), ("uls", f"ULS round ({len(users)} user updates)   ")):
+        print(f"{label}: {med[k]:7.2f} s  {args.batch / med[k]:7.2f} examples/s  "
+              f"cost ratio {ratio[k]:.3f}x plain (CPU), {wratio[k]:.3f}x (wall)")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
