@@ -25,7 +25,7 @@ FINEST_INTERVAL = 1e-4
 LADDER_RATIO = 4
 LADDER_RUNGS = 7  # coarsest interval = 1e-4 * 4**6 ≈ 0.41
 REL_TOL = 5e-3
-START_POINTS = 3000  # support size of the coarsest rung actually tried
+START_POINTS = 1000  # support size (per step) of the coarsest rung actually tried
 
 Run = tuple[Event, int]  # an event released `count` times
 
