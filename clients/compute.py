@@ -129,8 +129,10 @@ class Worker:
         from fl_userdp.local.updates import eval_loss
 
         n = cfg.train.eval_examples
-        if n not in self._heldout:
-            self._heldout[n] = self.corpus.heldout()[:n]
+        if n not in self._heldout:  # rows spread evenly over all held-out users, not the first user's
+            rows = self.corpus.heldout()
+            self._heldout[n] = rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int))] \
+                if len(rows) else rows
         set_trainable(self.model, weights)
         return eval_loss(self.model, self._heldout[n], pad_id=self.pad_id)
 
