@@ -1,6 +1,6 @@
 """Population scale: user-updates/s through Flower with users sharded over nodes, vs plain loops and stock Flower.
 
-The task of issue 7's table: linear regression (`model.name = "linear"`, d = 64), each sampled user takes one
+The task of the reference measurements (experiments/README.md, Population scale): linear regression (`model.name = "linear"`, d = 64), each sampled user takes one
 local SGD step on the squared loss over its ≤ k = 8 examples from the broadcast weights (update = lr · mean
 gradient), clipped to C = 1, summed, Gaussian noise once (σ = 1). Measured side by side in one process:
 
@@ -10,7 +10,7 @@ gradient), clipped to C = 1, summed, Gaussian noise once (σ = 1). Measured side
   1,000, q = 0.1) and N = 100,000 (cohort 1,000, q = 0.01); user-updates/s = users in the round / seconds
   between consecutive rounds, median over the rounds after --warmup;
 * plain single-process loops over the same cohorts (the sampled users of the same rounds), one user at a
-  time: torch and numpy on the users' data already in memory (compute only, as the issue's "plain torch
+  time: torch and numpy on the users' data already in memory (compute only, as the reference "plain torch
   loop"), and numpy generating each user's data as a node does (`LinearWorker.uls_loop`, the same work);
 * vectorised: one batched computation over the cohort (data in memory), and a node's code path on the whole
   cohort in this process (`LinearWorker.uls`, data generated);
