@@ -79,8 +79,9 @@ class _LinearGradSampler:
     """Per-example gradients of trainable `nn.Linear` weights via forward hooks + output-tensor hooks.
 
     While active, every forward of a trainable linear layer keeps its input x
-    (b, ..., in) and hooks its output; in backward the output gradient g
-    (b, ..., out) arrives and the per-example weight gradient is
+    (b, ..., in) and its output; `torch.autograd.grad` w.r.t. those outputs
+    then gives the output gradients g (b, ..., out) without computing the batch
+    weight gradients, and the per-example weight gradient is
     Σ_t g[b, t] ⊗ x[b, t] (one einsum; bias: Σ_t g[b, t]). A layer used more
     than once per forward accumulates. This is opacus' Linear grad sampler
     without its module-level full backward hooks, which cost ~10% of a step.
@@ -89,6 +90,7 @@ class _LinearGradSampler:
     def __init__(self, model: nn.Module) -> None:
         self.active = False
         self.store: dict[nn.Parameter, torch.Tensor] = {}
+        self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         covered = set()
         for module in model.modules():
             if isinstance(module, nn.Linear) and any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -103,16 +105,15 @@ class _LinearGradSampler:
         if not self.active or not torch.is_grad_enabled() or not output.requires_grad:
             return
         x = inputs[0].detach()
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        self.records.append((module, x.reshape(x.shape[0], -1, x.shape[-1]), output))
 
-        def backward_hook(grad: torch.Tensor) -> None:
-            g = grad.reshape(grad.shape[0], -1, grad.shape[-1])
-            if module.weight.requires_grad:
-                self._add(module.weight, torch.einsum("bto,bti->boi", g, x.to(g.dtype)))
-            if module.bias is not None and module.bias.requires_grad:
-                self._add(module.bias, g.sum(dim=1))
-
-        output.register_hook(backward_hook)
+    def accumulate(self, module: nn.Linear, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """Per-example weight (and bias) gradients of one use of `module` from its output gradient."""
+        g = grad.reshape(grad.shape[0], -1, grad.shape[-1])
+        if module.weight.requires_grad:
+            self._add(module.weight, torch.einsum("bto,bti->boi", g, x.to(g.dtype)))
+        if module.bias is not None and module.bias.requires_grad:
+            self._add(module.bias, g.sum(dim=1))
 
     def _add(self, p: nn.Parameter, gs: torch.Tensor) -> None:
         prev = self.store.get(p)
@@ -132,14 +133,21 @@ def _hook_sampler(model: nn.Module) -> _LinearGradSampler:
 def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
                  pad_id: int | None = None) -> list[torch.Tensor]:
     sampler = _hook_sampler(model)
-    sampler.active, sampler.store = True, {}
+    sampler.active, sampler.store, sampler.records = True, {}, []
     try:
         with torch.enable_grad():
-            per_example_loss(model, tokens, pad_id).sum().backward()
+            loss = per_example_loss(model, tokens, pad_id).sum()
+            # Gradients w.r.t. the trainable layers' outputs only: autograd then skips the batch
+            # weight gradients a plain backward would also compute (we only need per-example ones).
+            outs = [out for _, _, out in sampler.records]
+            grads = torch.autograd.grad(loss, outs, allow_unused=True) if outs else []
+        for (module, x, _), grad in zip(sampler.records, grads):
+            if grad is not None:
+                sampler.accumulate(module, x, grad)
         return [sampler.store.get(p, torch.zeros((tokens.shape[0], *p.shape), device=p.device)).float()
                 for p in params]
     finally:
-        sampler.active, sampler.store = False, {}
+        sampler.active, sampler.store, sampler.records = False, {}, []
 
 
 def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
