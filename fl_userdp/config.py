@@ -74,7 +74,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    users_per_node: int = 64
+    users_per_node: int = 256
     ray_address: str = ""             # "" starts a local Ray; "auto" or host:port attaches
     cpus_per_node: float = 1.0
     num_cpus: int = 2                 # for a locally started Ray
