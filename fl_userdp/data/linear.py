@@ -20,9 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DataConfig, ModelConfig
-from ..errors import ConfigError
 from ..rng import hashed_normals, rng_for
-from .synthetic_text import draw_counts
+from .synthetic_text import population_counts
 
 LABEL_NOISE = 0.1
 
@@ -35,15 +34,12 @@ class LinearCorpus:
     """
 
     def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> None:
-        if data_cfg.num_users < 1:
-            raise ConfigError("data.num-users", data_cfg.num_users, "must be >= 1 (the corpus is empty)")
+        all_counts = population_counts(data_cfg, seed)
         self.num_users = int(data_cfg.num_users)
         self.num_heldout = int(data_cfg.heldout_users)
         self.dim = int(model_cfg.dim)
         self.heterogeneity = float(data_cfg.user_diversity)
         self.seed = int(seed)
-        all_counts = draw_counts(rng_for(seed, "data", 0, 0), self.num_users + self.num_heldout,
-                                 data_cfg.examples_per_user_median, data_cfg.examples_per_user_sigma)
         self._all_counts = all_counts
         self.starts = np.concatenate([[0], np.cumsum(all_counts)[:-1]]).astype(np.int64)  # global id of (u, 0)
         self.counts = all_counts[: self.num_users]

@@ -45,6 +45,14 @@ def draw_counts(rng: np.random.Generator, num: int, median: float, sigma: float)
     return np.maximum(1, np.rint(raw)).astype(np.int64)
 
 
+def population_counts(data_cfg: DataConfig, seed: int) -> np.ndarray:
+    """n_u of the training users, then of the held-out users (one seeded draw per population)."""
+    if data_cfg.num_users < 1:
+        raise ConfigError("data.num-users", data_cfg.num_users, "must be >= 1 (the corpus is empty)")
+    return draw_counts(rng_for(seed, "data", 0, 0), data_cfg.num_users + data_cfg.heldout_users,
+                       data_cfg.examples_per_user_median, data_cfg.examples_per_user_sigma)
+
+
 class _Topic:
     """One sparse bigram chain: successors (V, BRANCH) and their CDF (V, BRANCH)."""
 
@@ -65,16 +73,13 @@ class SyntheticTextCorpus(UserCorpus):
     """Users of synthetic token sequences; see the module docstring."""
 
     def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> None:
-        if data_cfg.num_users < 1:
-            raise ConfigError("data.num-users", data_cfg.num_users, "must be >= 1 (the corpus is empty)")
+        self._all_counts = population_counts(data_cfg, seed)
         self.num_users = int(data_cfg.num_users)
         self.num_heldout = int(data_cfg.heldout_users)
         self.seq_len = int(model_cfg.seq_len)
         self.vocab_size = int(model_cfg.vocab_size)
         self.diversity = float(data_cfg.user_diversity)
         self.seed = int(seed)
-        self._all_counts = draw_counts(rng_for(seed, "data", 0, 0), self.num_users + self.num_heldout,
-                                       data_cfg.examples_per_user_median, data_cfg.examples_per_user_sigma)
         self.counts = self._all_counts[: self.num_users]
         self.heldout_counts = self._all_counts[self.num_users:]
         self._topics = [_Topic(rng_for(seed, "data", 2, t), self.vocab_size) for t in range(NUM_TOPICS)]
