@@ -1,4 +1,5 @@
-"""The fast self-composition and epsilon scan give dp_accounting's own numbers (bit for bit here)."""
+"""The fast self-composition and epsilon scan give dp_accounting's own numbers (up to float rounding:
+the vectorised scan sums in another order, a few ulps on some CPUs)."""
 import pytest
 
 from fl_userdp.accounting import ElsStep, UlsRound
@@ -12,5 +13,5 @@ def test_same_pld_and_epsilon_as_dp_accounting(event, count):
         ref = pld.step_pld(event, h).self_compose(count)
         ours = pld.composed_pld([(event, count)], h)
         for delta in (1e-6, 1e-5, 0.3):
-            assert pld.pld_epsilon_for_delta(ours, delta) == ref.get_epsilon_for_delta(delta)
+            assert pld.pld_epsilon_for_delta(ours, delta) == pytest.approx(ref.get_epsilon_for_delta(delta), rel=1e-12)
         assert ours.get_delta_for_epsilon(1.0) == ref.get_delta_for_epsilon(1.0)

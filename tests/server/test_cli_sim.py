@@ -36,7 +36,7 @@ def test_bad_mode_is_an_argparse_error():
 
 
 def test_config_file_and_overrides(tmp_path):
-    from fl_userdp.cli_sim import config_from_args
+    from fl_userdp.cli.sim import config_from_args
     from argparse import Namespace
 
     f = tmp_path / "c.toml"

