@@ -184,8 +184,9 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(t.eval_examples >= 1, "train.eval-examples", t.eval_examples, "must be >= 1")
     for key, val in (("model.vocab-size", m.vocab_size), ("model.hidden-size", m.hidden_size),
                      ("model.num-layers", m.num_layers), ("model.num-heads", m.num_heads),
-                     ("model.seq-len", m.seq_len), ("model.lora-rank", m.lora_rank)):
+                     ("model.lora-rank", m.lora_rank)):
         need(val >= 1, key, val, "must be >= 1")
+    need(m.seq_len >= 2, "model.seq-len", m.seq_len, "must be >= 2 (a row needs a next-token target)")
     need(m.hidden_size % m.num_heads == 0, "model.hidden-size", m.hidden_size,
          f"must be divisible by model.num-heads ({m.num_heads})")
     need(m.lora_alpha > 0, "model.lora-alpha", m.lora_alpha, "must be > 0")

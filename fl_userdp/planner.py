@@ -32,6 +32,12 @@ and the budget is under-spent; the result says so (`budget_met`).
 
 A candidate is infeasible (skipped) when q > 1 would be needed for B, except
 for the largest k, which is then reported with q = 1.
+
+**Units.** An example is one row of `model.seq-len` tokens of a user's
+tokenised text (the run packs each user's texts into such rows), so n_u, k
+and B all count rows of the run's `model.seq-len`; the same text gives other
+counts, and another k, at another seq-len. `seq_len` records the unit in the
+plan (None: counts in whatever unit the caller used, e.g. the linear task).
 """
 from __future__ import annotations
 
@@ -78,9 +84,17 @@ class Plan:
     uls: list[Candidate] = field(default_factory=list)
     best_els: Candidate | None = None
     best_uls: Candidate | None = None
+    seq_len: int | None = None  # tokens per example row (model.seq-len): the unit of n_u, k and B
+
+    @property
+    def k_caps(self) -> str:
+        """What k caps, in words."""
+        if self.seq_len is None:
+            return "k caps each user's examples"
+        return f"k caps each user's rows of {self.seq_len} tokens (model.seq-len)"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "k_caps": self.k_caps}
 
 
 def check_counts(counts: Sequence[int] | np.ndarray, key: str = "counts") -> np.ndarray:
@@ -107,8 +121,11 @@ def _candidates(counts: np.ndarray, quantiles: Sequence[float]) -> list[tuple[fl
 def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: int, epsilon: float,
               delta: float, clip_norm: float = 1.0, els_quantiles: Sequence[float] = ELS_QUANTILES,
               uls_quantiles: Sequence[float] = ULS_QUANTILES,
-              calibrate: Callable | None = None) -> Plan:
-    """Evaluate the ELS and ULS candidates and pick one of each (see the module docstring)."""
+              calibrate: Callable | None = None, seq_len: int | None = None) -> Plan:
+    """Evaluate the ELS and ULS candidates and pick one of each (see the module docstring).
+
+    `seq_len` (tokens per example row, `model.seq-len`) only labels the unit of the counts.
+    """
     if calibrate is None:
         from .accounting import calibrate_noise as calibrate
     n = check_counts(counts)
@@ -122,6 +139,8 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
         raise ConfigError("delta", delta, "must be in (0, 1)")
     if not (clip_norm > 0):
         raise ConfigError("clip-norm", clip_norm, "must be > 0")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):
+        raise ConfigError("seq-len", seq_len, "must be an integer >= 2 (a row needs a next-token target)")
     for name, qs in (("els-quantiles", els_quantiles), ("uls-quantiles", uls_quantiles)):
         if not qs or any(not 0 <= q <= 1 for q in qs):
             raise ConfigError(name, list(qs), "must be a non-empty list of numbers in [0, 1]")
@@ -160,7 +179,7 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
         best_uls = max((c for c in met if c.noise_to_signal <= floor * (1 + ULS_SLACK)), key=lambda c: c.k)
     qs = {f"p{int(round(100 * p))}": float(np.quantile(n, p)) for p in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)}
     return Plan(float(epsilon), float(delta), B, int(steps), float(clip_norm), num, total, qs, els, uls,
-                best_els, best_uls)
+                best_els, best_uls, None if seq_len is None else int(seq_len))
 
 
 def format_plan(plan: Plan) -> str:
@@ -169,6 +188,7 @@ def format_plan(plan: Plan) -> str:
              + " ".join(f"{k}={v:g}" for k, v in plan.count_quantiles.items()),
              f"budget {plan.examples_per_step:g} examples/step x {plan.steps} steps; target epsilon "
              f"{plan.target_epsilon:g}, delta {plan.delta:g}, clip norm {plan.clip_norm:g}",
+             f"{plan.k_caps}; examples and examples/step count these rows",
              f"{'':1} {'mode':4} {'quant':>5} {'k':>5} {'q':>9} {'cohort':>8} {'ex/step':>8} {'sigma':>8} "
              f"{'epsilon':>8} {'NSR':>9} {'kept':>5}"]
     for best, rows in ((plan.best_els, plan.els), (plan.best_uls, plan.uls)):

@@ -45,6 +45,8 @@ def test_defaults_round_trip_and_are_frozen():
     ({"model.name": "linear", "model.dim": 0}, "model.dim"),
     ({"model.name": "linear", "data.source": "shakespeare"}, "data.source"),
     ({"privacy.mode": "els", "privacy.accountant": "rdp"}, "privacy.accountant"),
+    ({"model.seq-len": 1}, "model.seq-len"),
+    ({"model.seq-len": 0}, "model.seq-len"),
 ])
 def test_bad_values_name_the_key(flat, key):
     with pytest.raises(ConfigError) as info:
@@ -68,3 +70,9 @@ def test_toml_file_nested_and_dotted(tmp_path):
     bad.write_text("seed = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config_file(bad)
+
+
+def test_seq_len_needs_a_next_token_target():
+    with pytest.raises(ConfigError, match=r"model.seq-len must be >= 2 \(a row needs a next-token target\), got 1"):
+        parse_config({"model.seq-len": "1"})
+    assert parse_config({"model.seq-len": 2}).model.seq_len == 2

@@ -1,10 +1,12 @@
 """Budget planner: budget spent exactly, epsilon met, the documented selection rules, CLI contract."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fl_userdp.cli import main
+from fl_userdp.config import ModelConfig
 from fl_userdp.errors import ConfigError
 from fl_userdp.planner import k_at, make_plan, read_counts
 
@@ -89,3 +91,69 @@ def test_cli_plan_json(tmp_path, capsys):
 def test_cli_plan_needs_exactly_one_source(capsys):
     assert main(["plan", "--examples-per-step", "2", "--steps", "1", "--epsilon", "1", "--delta", "1e-5"]) == 2
     assert "--counts-file" in capsys.readouterr().err
+
+
+# -- units: the plan counts the run's rows of model.seq-len tokens ---------------------------------------
+TEXT = Path(__file__).parent / "data" / "fixtures" / "tinyshakespeare_head.txt"
+PLAN = ["plan", "--examples-per-step", "4", "--steps", "2", "--epsilon", "4", "--delta", "1e-5",
+        "--els-quantiles", "0.5", "--uls-quantiles", "0.5", "--json"]
+
+
+def _plan(capsys, *args):
+    rc = main([*PLAN, *args])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_plan_counts_rows_of_the_set_seq_len(capsys):
+    short = _plan(capsys, "--source", str(TEXT), "--set", "model.seq-len=16")
+    long = _plan(capsys, "--source", str(TEXT), "--set", "model.seq-len=64")
+    assert (short["seq_len"], long["seq_len"]) == (16, 64)
+    assert short["num_users"] == long["num_users"]
+    assert short["num_examples"] > long["num_examples"]   # the same text cut into shorter rows: more of them
+    assert short["count_quantiles"] != long["count_quantiles"]
+    assert "rows of 16 tokens (model.seq-len)" in short["k_caps"]
+    # --seq-len overrides --set
+    assert _plan(capsys, "--source", str(TEXT), "--set", "model.seq-len=64", "--seq-len", "16") == short
+
+
+def test_plan_default_seq_len_is_the_runs(capsys):
+    out = _plan(capsys, "--source", str(TEXT))
+    assert out["seq_len"] == ModelConfig().seq_len
+    assert main([*PLAN[:-1], "--source", str(TEXT)]) == 0
+    assert f"k caps each user's rows of {ModelConfig().seq_len} tokens (model.seq-len)" in capsys.readouterr().out
+
+
+def test_plan_and_data_stats_read_the_config_file(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'seed = 1\n[model]\n"seq-len" = 24\n[data]\nsource = "{TEXT.as_posix()}"\n"num-users" = 7\n'
+                   '"heldout-users" = 2\n')
+    out = _plan(capsys, "--config", str(cfg))   # the config's data.source counts as the source
+    assert (out["seq_len"], out["num_users"], out["source"]) == (24, 7, TEXT.as_posix())
+    assert _plan(capsys, "--config", str(cfg), "--seq-len", "48")["seq_len"] == 48   # the option overrides
+    assert main(["data-stats", "--config", str(cfg), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["seq_len"], stats["training_users"], stats["heldout_users"]) == (24, 7, 2)
+    assert stats["examples"] == out["num_examples"]
+
+
+def test_counts_file_takes_the_run_seq_len_and_refuses_a_source_too(tmp_path, capsys):
+    (tmp_path / "counts.txt").write_text("1 2 3 4 6 8")
+    out = _plan(capsys, "--counts-file", str(tmp_path / "counts.txt"), "--seq-len", "16")
+    assert out["seq_len"] == 16 and out["source"] == str(tmp_path / "counts.txt")
+    rc = main([*PLAN, "--counts-file", str(tmp_path / "counts.txt"), "--set", "model.seq-len=16"])
+    assert rc == 2 and "--counts-file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["plan", *PLAN[1:], "--source", str(TEXT)], ["data-stats"]])
+def test_data_commands_refuse_seq_len_below_two(command, capsys):
+    assert main([*command, "--seq-len", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seq-len" in err[0] and ">= 2" in err[0] and "got 1" in err[0]
+
+
+def test_run_refuses_seq_len_one(capsys):
+    assert main(["run", "--set", "model.seq-len=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.seq-len" in err[0] and "got 1" in err[0]

@@ -1,4 +1,9 @@
-"""`fl-userdp assets`, `fl-userdp data-stats` and `fl-userdp plan` (real assets, users' data, budget planner)."""
+"""`fl-userdp assets`, `fl-userdp data-stats` and `fl-userdp plan` (real assets, users' data, budget planner).
+
+`data-stats` and `plan` read the run's config exactly as `fl-userdp run` does (`--config FILE.toml`,
+`--set key=value`, the same defaults), with the dedicated options (`--source`, `--model`, `--seq-len`, ...)
+on top, so the examples they count are the run's examples: rows of `model.seq-len` tokens.
+"""
 from __future__ import annotations
 
 import argparse
@@ -44,34 +49,73 @@ def assets_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
-# -- shared: a corpus from --source -----------------------------------------------
+# -- shared: the run's config, and a corpus from it ------------------------------------
+# Dedicated option (argparse dest) -> run-config key. The options override --config/--set;
+# unset, the run config (defaults < --config < --set) decides, so k is counted in the run's units.
+_OPTION_KEYS = {"source": "data.source", "model": "model.name", "seq_len": "model.seq-len",
+                "vocab_size": "model.vocab-size", "num_users": "data.num-users",
+                "heldout_users": "data.heldout-users", "user_column": "data.user-column",
+                "text_column": "data.text-column", "seed": "seed"}
+
+
 def _source_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", help="synthetic | shakespeare | a .txt (NAME: speech) file | .jsonl/.csv/.parquet/"
-                                    "LEAF .json file | a datasets folder")
-    p.add_argument("--model", default="tiny", help="tokenizer: tiny (bytes) or a local model folder / .gguf file")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default 128)")
-    p.add_argument("--vocab-size", type=int, default=128, help="byte tokenizer size for --model tiny (default 128)")
-    p.add_argument("--num-users", type=int, default=1_000_000, help="cap on training users (default: all)")
-    p.add_argument("--heldout-users", type=int, default=0, help="held-out users drawn first (default 0)")
-    p.add_argument("--user-column", default="user")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--seed", type=int, default=0)
+    from ..config import DataConfig, ModelConfig, RunConfig
+
+    d, m = DataConfig(), ModelConfig()
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="the run's TOML config (as for `fl-userdp run`): data source, model/tokenizer, seq-len, "
+                        "users, columns and seed come from it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one run-config key (repeatable), as for `fl-userdp run`")
+    p.add_argument("--source", help=f"data.source: synthetic | shakespeare | a .txt (NAME: speech) file | "
+                                    f".jsonl/.csv/.parquet/LEAF .json file | a datasets folder (default {d.source})")
+    p.add_argument("--model", help=f"model.name, the tokenizer: tiny (bytes) or a local model folder / .gguf file "
+                                   f"(default {m.name})")
+    p.add_argument("--seq-len", type=int, help=f"model.seq-len: tokens per example row, the unit k caps "
+                                               f"(default {m.seq_len}, as for a run)")
+    p.add_argument("--vocab-size", type=int, help=f"model.vocab-size: byte tokenizer size for model tiny "
+                                                  f"(default {m.vocab_size})")
+    p.add_argument("--num-users", type=int, help=f"data.num-users: cap on training users (default {d.num_users})")
+    p.add_argument("--heldout-users", type=int, help=f"data.heldout-users: held-out users drawn first "
+                                                     f"(default {d.heldout_users})")
+    p.add_argument("--user-column", help=f"data.user-column (default {d.user_column})")
+    p.add_argument("--text-column", help=f"data.text-column (default {d.text_column})")
+    p.add_argument("--seed", type=int, help=f"seed (default {RunConfig().seed})")
 
 
-def _corpus(a: argparse.Namespace):
-    from pathlib import Path
+def _source_given(a: argparse.Namespace) -> bool:
+    """Whether the user named a data source: --source, or --config / --set (then the config's data.source)."""
+    return a.source is not None or a.config is not None or bool(a.set)
 
-    from ..config import DataConfig, ModelConfig
+
+def _run_config(a: argparse.Namespace):
+    """The run's config, as `fl-userdp run` builds it, with the dedicated options on top.
+
+    An error from a value a dedicated option gave names that option (`--seq-len`, not `model.seq-len`).
+    """
+    from .sim import config_from_args
+
+    given = {dest: getattr(a, dest) for dest in _OPTION_KEYS if getattr(a, dest) is not None}
+    sets = [*a.set, *(f"{_OPTION_KEYS[dest]}={value}" for dest, value in given.items() if dest != "seed")]
+    try:
+        return config_from_args(argparse.Namespace(config=a.config, set=sets, rounds=None, out=None,
+                                                   seed=given.get("seed"), ray_address=None))
+    except ConfigError as err:
+        option = {_OPTION_KEYS[dest]: dest for dest in given}.get(err.key)
+        if option is None:
+            raise
+        raise ConfigError("--" + option.replace("_", "-"), err.value, err.requirement) from None
+
+
+def _row_len(cfg) -> int | None:
+    """Tokens per example row (None for the linear task, whose examples are feature rows)."""
+    return None if cfg.model.name == "linear" else int(cfg.model.seq_len)
+
+
+def _corpus(cfg):
     from ..data import load_corpus
 
-    if a.source not in ("synthetic", "shakespeare") and not Path(a.source).exists():
-        raise ConfigError("--source", a.source, "must be 'synthetic', 'shakespeare' or an existing path")
-    if a.model != "tiny" and not Path(a.model).exists():
-        raise ConfigError("--model", a.model, "must be 'tiny' or an existing local path")
-    data = DataConfig(source=a.source, num_users=a.num_users, heldout_users=a.heldout_users,
-                      user_column=a.user_column, text_column=a.text_column)
-    model = ModelConfig(name=a.model, seq_len=a.seq_len, vocab_size=a.vocab_size)
-    return load_corpus(data, model, a.seed)
+    return load_corpus(cfg.data, cfg.model, cfg.seed)
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:
@@ -83,20 +127,21 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 # -- data-stats ---------------------------------------------------------------------
 def configure_data_stats(p: argparse.ArgumentParser) -> None:
     _source_options(p)
-    p.set_defaults(source="shakespeare")
     p.add_argument("--json", action="store_true")
 
 
 def data_stats_cmd(a: argparse.Namespace) -> int:
-    c = _corpus(a)
-    payload = {"source": a.source, "seq_len": c.seq_len, "vocab_size": c.vocab_size,
-               "training_users": int(c.num_users), "heldout_users": int(getattr(c, "heldout_counts", np.zeros(0)).size),
-               "available_users": int(getattr(c, "available_users", c.num_users)),
-               "examples": int(c.counts.sum()), "heldout_examples": int(c.heldout().shape[0]),
+    cfg = _run_config(a)
+    c, seq_len = _corpus(cfg), _row_len(cfg)
+    payload = {"source": cfg.data.source, "seq_len": seq_len, "vocab_size": getattr(c, "vocab_size", None),
+               "training_users": int(c.num_users), "heldout_users": int(c.heldout_counts.size),
+               "available_users": int(getattr(c, "available_users", c.num_users + c.heldout_counts.size)),
+               "examples": int(c.counts.sum()), "heldout_examples": int(c.heldout_counts.sum()),
                "examples_per_user": _quantiles(c.counts), "mean_examples_per_user": float(c.counts.mean())}
-    text = (f"source {a.source}: {payload['available_users']} users with text -> {payload['training_users']} training, "
-            f"{payload['heldout_users']} held-out\n"
-            f"examples ({c.seq_len} tokens each): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
+    unit = f"rows of {seq_len} tokens, model.seq-len" if seq_len else "feature rows (linear task)"
+    text = (f"source {cfg.data.source}: {payload['available_users']} users with text -> "
+            f"{payload['training_users']} training, {payload['heldout_users']} held-out\n"
+            f"examples ({unit}): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
             "examples per user: " + " ".join(f"{k}={v:g}" for k, v in payload["examples_per_user"].items())
             + f" mean={payload['mean_examples_per_user']:.3g}")
     emit(payload, a.json, text)
@@ -113,8 +158,9 @@ def _floats(text: str) -> list[float]:
 
 def configure_plan(p: argparse.ArgumentParser) -> None:
     _source_options(p)
-    p.add_argument("--counts-file", metavar="FILE", help="examples per user (JSON list or one integer a line) "
-                                                         "instead of --source")
+    p.add_argument("--counts-file", metavar="FILE", help="examples per user, in rows of model.seq-len tokens (JSON "
+                                                         "list or one integer a line), instead of a data source "
+                                                         "(--source, --config, --set)")
     p.add_argument("--examples-per-step", type=float, required=True, metavar="B",
                    help="compute budget: expected examples processed per step")
     p.add_argument("--steps", type=int, required=True, metavar="T")
@@ -131,13 +177,18 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
 def plan_cmd(a: argparse.Namespace) -> int:
     from ..planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
 
-    if (a.counts_file is None) == (a.source is None):
-        raise ConfigError("--source", a.source, "or --counts-file (exactly one) is required")
-    counts = read_counts(a.counts_file) if a.counts_file else _corpus(a).counts
+    if a.counts_file is not None and _source_given(a):
+        raise ConfigError("--counts-file", a.counts_file, "replaces the data source: give either it or "
+                                                          "--source/--config/--set, not both")
+    if a.counts_file is None and not _source_given(a):
+        raise ConfigError("--source", a.source, "(or --config/--set naming the run's data) or --counts-file "
+                                                "(exactly one) is required")
+    cfg = _run_config(a)
+    counts = read_counts(a.counts_file) if a.counts_file else _corpus(cfg).counts
     plan = make_plan(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, a.clip_norm,
-                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES)
+                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=_row_len(cfg))
     payload = plan.to_dict()
-    payload["source"] = a.counts_file or a.source
+    payload["source"] = a.counts_file or cfg.data.source
     if a.json:
         print(json.dumps(payload, sort_keys=True))
     else:
