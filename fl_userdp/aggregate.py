@@ -34,12 +34,11 @@ class Release:
     expected_count: float
 
 
-def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expected: float,
-            rng: np.random.Generator | None, secure: bool = False) -> Release:
-    """(Σ clipped + N(0, σ²C²·I)) / expected count."""
+def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expected: float, rng) -> Release:
+    """(Σ clipped + N(0, σ²C²·I)) / expected count; noise from `rng` (see `noise`: per-release or OS entropy)."""
     if expected <= 0:
         raise ValueError(f"expected count must be > 0, got {expected}")
     std = noise_multiplier * clip_norm
     flat = np.asarray(total, dtype=np.float64).ravel()
-    noisy = flat + gaussian_noise(flat.size, std, rng, secure)
+    noisy = flat + gaussian_noise(flat.size, std, rng)
     return Release(update=(noisy / expected).reshape(np.shape(total)), noise_std=std, expected_count=expected)

@@ -28,7 +28,8 @@ class PrivacyConfig:
     max_examples_per_user: int = 8    # k
     accountant: str = "pld"           # "pld" | "rdp" | "group"
     max_epsilon: float | None = None  # budget stop; None = no stop
-    secure_noise: bool = False
+    secure_mode: bool = False         # sampling and noise from OS entropy (not from the seed)
+    publish_diagnostics: bool = True  # False: outputs hold only what the DP guarantee covers
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def _flat_schema() -> dict[str, tuple[str | None, str, Any]]:
 
 
 SCHEMA = _flat_schema()
+# Old names still accepted (mapped to the current key; outputs use the current one).
+ALIASES = {"privacy.secure-noise": "privacy.secure-mode"}
 _OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon"}
 
 
@@ -220,6 +223,7 @@ def parse_config(flat: Mapping[str, Any] | None = None, base: RunConfig | None =
     sections = {name: {} for name in _SECTIONS}
     top: dict[str, Any] = {}
     for key, raw in (flat or {}).items():
+        key = ALIASES.get(key, key) if isinstance(key, str) else key
         if not isinstance(key, str) or key not in SCHEMA:
             hint = difflib.get_close_matches(str(key), SCHEMA, n=1)
             raise ConfigError(str(key), raw, "is not a known key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))

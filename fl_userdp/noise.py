@@ -1,17 +1,32 @@
-"""Gaussian noise for the one release per round.
+"""Gaussian noise for releases, and the generators that draw it.
 
-Seeded noise comes from `rng_for(seed, "noise", round)`: reproducible, so a
-resumed run matches an uninterrupted one bitwise. Secure noise draws its
-uniforms from the operating system's entropy (`os.urandom`) and turns them
-into Gaussians by Box–Muller: nobody who knows the seed can subtract it, but a
-run is then no longer reproducible (resume gives the same ε, not the same
-weights). Float64 throughout; the result is cast by the caller.
+Two sources, one interface (`.random(n)`, `.standard_normal(n)`):
+
+* **Seeded, per release** (`release_rng`): a numpy Generator keyed by the
+  run's seed *and* a digest of everything the release is made of — the mode,
+  the round, the noise std σC, the expected count, and the exact bytes of the
+  clipped sum. Two releases draw the same noise only when they are bitwise the
+  same release (then publishing both says nothing new); any two that can
+  differ — ULS and ELS of one `compare`, two runs whose config or data
+  differ, a round whose replies differ — get independent noise, so no linear
+  combination of published updates cancels it. One run with one config and
+  one dataset stays reproducible. The guarantee of a seeded run holds against
+  anyone who does not know the seed.
+* **OS entropy** (`SecureGenerator`): uniforms from `os.urandom`, normals by
+  Box–Muller. Used for noise *and* sampling in secure mode
+  (`privacy.secure-mode`): knowing the seed predicts neither.
+
+Float64 throughout; the result is cast by the caller.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import numpy as np
+
+from .rng import rng_for
 
 
 def _os_uniform(n: int) -> np.ndarray:
@@ -20,7 +35,7 @@ def _os_uniform(n: int) -> np.ndarray:
 
 
 def secure_standard_normal(n: int) -> np.ndarray:
-    """n standard normals from OS entropy (Box–Muller)."""
+    """n standard normals from OS entropy (Box–Muller: one pair (r cos θ, r sin θ) per two uniforms)."""
     m = (n + 1) // 2
     u1, u2 = _os_uniform(m), _os_uniform(m)
     r = np.sqrt(-2.0 * np.log(u1))
@@ -28,12 +43,38 @@ def secure_standard_normal(n: int) -> np.ndarray:
     return z[:n]
 
 
-def gaussian_noise(size: int, std: float, rng: np.random.Generator | None, secure: bool = False) -> np.ndarray:
-    """`size` i.i.d. N(0, std²) values, seeded from `rng` or from OS entropy."""
+class SecureGenerator:
+    """The part of numpy's Generator interface the framework draws from, fed by `os.urandom` (a CSPRNG)."""
+
+    def random(self, n: int) -> np.ndarray:
+        """n uniforms in [0, 1) (53 bits each)."""
+        return _os_uniform(int(n)) - float(2.0 ** -53)
+
+    def standard_normal(self, n: int) -> np.ndarray:
+        return secure_standard_normal(int(n))
+
+    def binomial(self, trials: int, p: float, size: int) -> np.ndarray:
+        return (self.random(int(size) * int(trials)).reshape(int(size), int(trials)) < p).sum(axis=1)
+
+
+def release_key(mode: str, rnd: int, noise_std: float, expected: float, total: np.ndarray) -> int:
+    """A 256-bit digest of one release's inputs: mode, round, σC, expected count and the clipped sum's bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(mode), int(rnd), float(noise_std).hex(), float(expected).hex()]).encode())
+    h.update(np.ascontiguousarray(total, dtype=np.float64).tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
+def release_rng(seed: int, mode: str, rnd: int, noise_std: float, expected: float,
+                total: np.ndarray) -> np.random.Generator:
+    """The seeded noise generator of one release (see the module docstring)."""
+    return rng_for(seed, "noise", rnd, key=release_key(mode, rnd, noise_std, expected, total))
+
+
+def gaussian_noise(size: int, std: float, rng) -> np.ndarray:
+    """`size` i.i.d. N(0, std²) values from `rng` (a numpy Generator or a SecureGenerator)."""
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
-    if secure:
-        return std * secure_standard_normal(size)
     if rng is None:
-        raise ValueError("a seeded generator is required unless secure=True")
+        raise ValueError("a generator is required (seeded, or SecureGenerator for OS entropy)")
     return std * rng.standard_normal(size)

@@ -1,5 +1,22 @@
 """Per-round records (JSONL), summaries, the compare plot and the side-by-side table.
 
+What the DP guarantee covers is labelled in every output. A round's record
+has two parts:
+
+* **the release** (`COVERED`): round, mode, ε, δ, σ, C, the expected count
+  (a function of q and the population size, treated as public as in
+  DP-SGD), the stop reason, and the held-out loss (the released weights
+  evaluated on held-out users, who are not training users);
+* **diagnostics** (everything else: training loss of the sampled users,
+  cohort and reply counts, clipped fraction, failures, wall time) — computed
+  from training users' data *without noise*, outside the guarantee.
+
+`metrics.jsonl` nests the second part under `"diagnostics"`; `summary.json`
+and `summary.md` carry a `guarantee` statement and per-mode diagnostics in
+their own group; the plot and the console table show diagnostics only when
+they are published. With `privacy.publish-diagnostics = false` no output holds
+them. Keys not listed in `COVERED` are diagnostics by default.
+
 Pure: the standard library and numpy only at import; `rich` and `matplotlib`
 are imported inside the functions that draw. Plots and tables read only the
 records (what `metrics.jsonl` holds), never live objects.
@@ -13,6 +30,31 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 METRICS = "metrics.jsonl"
+DIAGNOSTICS = "diagnostics"
+COVERED = ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count", "eval_loss",
+           "stop_reason")
+GUARANTEE = ("user-level (epsilon, delta)-DP covers the weights and checkpoints, the release log, and in "
+             "metrics/summary/plot/console: round, mode, epsilon, delta, noise_multiplier, clip_norm, "
+             "expected_count, stop_reason and eval_loss (held-out users); everything under 'diagnostics' is "
+             "computed from training users' data without noise and is OUTSIDE the guarantee")
+GUARANTEE_NO_DIAGNOSTICS = GUARANTEE.split("; everything")[0] + "; no diagnostics were published"
+
+
+def split_record(record: dict[str, Any], publish_diagnostics: bool = True) -> dict[str, Any]:
+    """A flat record as written: covered keys at the top, the rest under "diagnostics" (or dropped)."""
+    top = {k: _clean(v) for k, v in record.items() if k in COVERED}
+    diag = {k: _clean(v) for k, v in record.items() if k not in COVERED and k != DIAGNOSTICS}
+    diag.update(record.get(DIAGNOSTICS) or {})
+    if publish_diagnostics and diag:
+        top[DIAGNOSTICS] = diag
+    return top
+
+
+def flat_record(line: dict[str, Any]) -> dict[str, Any]:
+    """A record as read: the "diagnostics" group merged back into the top level (for tables and plots)."""
+    out = {k: v for k, v in line.items() if k != DIAGNOSTICS}
+    out.update(line.get(DIAGNOSTICS) or {})
+    return out
 
 
 # -- records -------------------------------------------------------------------
@@ -24,15 +66,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def append_record(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one record as a JSON line (non-finite floats become null)."""
+def append_record(path: str | Path, record: dict[str, Any], publish_diagnostics: bool = True) -> None:
+    """Append one record as a JSON line, labelled (`split_record`; non-finite floats become null)."""
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=False) + "\n")
+        fh.write(json.dumps(split_record(record, publish_diagnostics), sort_keys=False) + "\n")
         fh.flush()
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """All records; a last line cut short by a crash mid-write (no newline, not JSON) is skipped."""
+    """All records, flat (`flat_record`); a last line cut short by a crash mid-write is skipped."""
     p = Path(path)
     if not p.exists():
         return []
@@ -44,34 +86,42 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             records.append(json.loads(tail))
         except json.JSONDecodeError:
             pass
-    return records
+    return [flat_record(r) for r in records]
 
 
-def _write_records(p: Path, records: Iterable[dict[str, Any]]) -> None:
+def _write_records(p: Path, records: Iterable[dict[str, Any]], publish_diagnostics: bool = True) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
+        fh.writelines(json.dumps(split_record(r, publish_diagnostics)) + "\n" for r in records)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, p)
 
 
-def keep_records(path: str | Path, mode: str, up_to_round: int) -> list[dict[str, Any]]:
-    """Drop `mode`'s records after `up_to_round` (a fresh start keeps none) and any line cut short by a
-    crash; rewrite atomically. On resume this leaves exactly one record per round up to the checkpoint."""
+def keep_records(path: str | Path, mode: str, up_to_round: int, publish_diagnostics: bool = True
+                 ) -> list[dict[str, Any]]:
+    """Drop `mode`'s records after `up_to_round` (a fresh start keeps none), duplicates of a round, and any
+    line cut short by a crash; rewrite atomically. Leaves at most one record per round up to `up_to_round`."""
     p = Path(path)
-    records = read_records(p)
-    kept = [r for r in records if r.get("mode") != mode or int(r.get("round", 0)) <= up_to_round]
-    _write_records(p, kept)
+    kept, seen = [], set()
+    for r in read_records(p):
+        if r.get("mode") == mode:
+            rnd = int(r.get("round", 0))
+            if rnd > up_to_round or rnd in seen:
+                continue
+            seen.add(rnd)
+        kept.append(r)
+    _write_records(p, kept, publish_diagnostics)
     return [r for r in kept if r.get("mode") == mode]
 
 
-def replace_mode_records(path: str | Path, mode: str, records: Sequence[dict[str, Any]]) -> None:
+def replace_mode_records(path: str | Path, mode: str, records: Sequence[dict[str, Any]],
+                         publish_diagnostics: bool = True) -> None:
     """Rewrite the file with `mode`'s records replaced by `records` (other modes kept, in order)."""
     p = Path(path)
     others = [r for r in read_records(p) if r.get("mode") != mode]
-    _write_records(p, [*others, *({k: _clean(v) for k, v in r.items()} for r in records)])
+    _write_records(p, [*others, *records], publish_diagnostics)
 
 
 def by_mode(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -84,8 +134,10 @@ def by_mode(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 
 # -- summary ---------------------------------------------------------------------
-def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per mode: rounds, final/best eval loss, final ε at δ, σ, wall time, mean clipped fraction."""
+def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
+              publish_diagnostics: bool = True) -> dict[str, Any]:
+    """Per mode: rounds, final/best eval loss, final ε at δ, σ; diagnostics (train loss, counts, clipped
+    fraction, failures, wall time) in their own group, or left out."""
     modes = {}
     for mode, rows in by_mode(records).items():
         evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
@@ -94,17 +146,28 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
         last = rows[-1]
         modes[mode] = {
             "rounds": len(rows), "final_eval_loss": evals[-1] if evals else None,
-            "best_eval_loss": min(evals) if evals else None, "final_train_loss": trains[-1] if trains else None,
+            "best_eval_loss": min(evals) if evals else None,
             "epsilon": last.get("epsilon"), "delta": last.get("delta"),
             "noise_multiplier": last.get("noise_multiplier"), "clip_norm": last.get("clip_norm"),
-            "mean_users_sampled": sum(r["users_sampled"] for r in rows) / len(rows),
-            "mean_examples_processed": sum(r["examples_processed"] for r in rows) / len(rows),
-            "mean_clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
-            "failures": sum(r.get("failures", 0) for r in rows), "rejected": sum(r.get("rejected", 0) for r in rows),
-            "wall_time": sum(r.get("wall_time", 0.0) for r in rows),
             "stop_reason": last.get("stop_reason"),
         }
-    return {"modes": modes, **(extra or {})}
+        if publish_diagnostics:
+            modes[mode][DIAGNOSTICS] = {
+                "final_train_loss": trains[-1] if trains else None,
+                "mean_users_sampled": _mean(r.get("users_sampled") for r in rows),
+                "mean_examples_processed": _mean(r.get("examples_processed") for r in rows),
+                "mean_clipped_fraction": sum(clipped) / len(clipped) if clipped else None,
+                "failures": sum(r.get("failures") or 0 for r in rows),
+                "rejected": sum(r.get("rejected") or 0 for r in rows),
+                "wall_time": sum(r.get("wall_time") or 0.0 for r in rows),
+            }
+    return {"guarantee": GUARANTEE if publish_diagnostics else GUARANTEE_NO_DIAGNOSTICS, "modes": modes,
+            **(extra or {})}
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -112,16 +175,23 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    cols = ["rounds", "final_eval_loss", "best_eval_loss", "final_train_loss", "epsilon", "delta",
-            "noise_multiplier", "mean_users_sampled", "mean_examples_processed", "mean_clipped_fraction",
-            "failures", "wall_time"]
-    lines = ["# fl-userdp run summary", ""]
+    cols = ["rounds", "final_eval_loss", "best_eval_loss", "epsilon", "delta", "noise_multiplier", "stop_reason"]
+    diag_cols = ["final_train_loss", "mean_users_sampled", "mean_examples_processed", "mean_clipped_fraction",
+                 "failures", "wall_time"]
+    lines = ["# fl-userdp run summary", "", f"- guarantee: {summary.get('guarantee', GUARANTEE)}"]
     for key in ("command", "commit", "seed", "stop_reasons"):
         if summary.get(key):
             lines.append(f"- {key}: {summary[key]}")
-    lines += ["", "| mode | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += ["", "## Release (covered by the DP guarantee)", "",
+              "| mode | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for mode, row in summary["modes"].items():
         lines.append(f"| {mode} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    if any(DIAGNOSTICS in row for row in summary["modes"].values()):
+        lines += ["", "## Diagnostics (outside the DP guarantee: training users' data, no noise)", "",
+                  "| mode | " + " | ".join(diag_cols) + " |", "|---" * (len(diag_cols) + 1) + "|"]
+        for mode, row in summary["modes"].items():
+            diag = row.get(DIAGNOSTICS, {})
+            lines.append(f"| {mode} | " + " | ".join(_fmt(diag.get(c)) for c in diag_cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,8 +202,8 @@ def write_summary(out: str | Path, summary: dict[str, Any]) -> None:
 
 
 # -- plot and table ------------------------------------------------------------------
-def plot(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss vs round (train dashed, eval solid) and ε vs round, one line per mode."""
+def plot(records: Sequence[dict[str, Any]], path: str | Path, publish_diagnostics: bool = True) -> Path:
+    """Loss vs round (eval solid; train dashed, labelled a diagnostic, only when published) and ε vs round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,18 +213,22 @@ def plot(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     for mode, rows in by_mode(records).items():
         r = [row["round"] for row in rows]
         ev = [(row["round"], row["eval_loss"]) for row in rows if row.get("eval_loss") is not None]
-        tr = [(row["round"], row["train_loss"]) for row in rows if row.get("train_loss") is not None]
+        tr = [(row["round"], row["train_loss"]) for row in rows
+              if publish_diagnostics and row.get("train_loss") is not None]
         if ev:
             line, = ax_loss.plot(*zip(*ev), marker="o", ms=3, label=f"{mode.upper()} eval")
             color = line.get_color()
         else:
             color = None
         if tr:
-            ax_loss.plot(*zip(*tr), ls="--", color=color, alpha=0.7, label=f"{mode.upper()} train")
+            ax_loss.plot(*zip(*tr), ls="--", color=color, alpha=0.7, label=f"{mode.upper()} train (diagnostic)")
         ax_eps.plot(r, [row.get("epsilon") if row.get("epsilon") is not None else math.nan for row in rows],
                     marker="o", ms=3, color=color, label=mode.upper())
     delta = next((row.get("delta") for row in records), None)
     ax_loss.set(xlabel="round", ylabel="loss", title="loss vs round")
+    if publish_diagnostics and any(r.get("train_loss") is not None for r in records):
+        ax_loss.text(0.01, 0.01, "train loss: a diagnostic outside the DP guarantee", transform=ax_loss.transAxes,
+                     fontsize=7, alpha=0.7)
     ax_eps.set(xlabel="round", ylabel="user-level ε" + (f" (δ={delta:g})" if delta else ""), title="ε vs round")
     for ax in (ax_loss, ax_eps):
         ax.grid(alpha=0.3)
@@ -166,15 +240,19 @@ def plot(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def side_by_side(records: Sequence[dict[str, Any]]):
-    """A rich Table: one row per round, train/eval loss and ε of each mode side by side."""
+def side_by_side(records: Sequence[dict[str, Any]], publish_diagnostics: bool = True):
+    """A rich Table: one row per round, eval loss and ε of each mode side by side (and, when published, the
+    diagnostics train loss, users and examples, marked *)."""
     from rich.table import Table
 
     modes = by_mode(records)
-    table = Table(title="ULS vs ELS per round" if len(modes) > 1 else "per round")
+    title = "ULS vs ELS per round" if len(modes) > 1 else "per round"
+    table = Table(title=title, caption="* diagnostics: training users' data without noise, outside the DP "
+                  "guarantee" if publish_diagnostics else None)
+    cols = ("train*", "eval", "ε", "users*", "ex.*") if publish_diagnostics else ("eval", "ε")
     table.add_column("round", justify="right")
     for mode in modes:
-        for col in ("train", "eval", "ε", "users", "ex."):
+        for col in cols:
             table.add_column(f"{mode.upper()} {col}", justify="right")
     rounds = sorted({r["round"] for rows in modes.values() for r in rows})
     index = {(r["mode"], r["round"]): r for r in records}
@@ -182,7 +260,11 @@ def side_by_side(records: Sequence[dict[str, Any]]):
         cells = [str(rnd)]
         for mode in modes:
             r = index.get((mode, rnd), {})
-            cells += [_fmt(r.get("train_loss"), ".3f"), _fmt(r.get("eval_loss"), ".3f"), _fmt(r.get("epsilon"), ".3f"),
-                      _fmt(r.get("users_replied")), _fmt(r.get("examples_processed"))]
+            if publish_diagnostics:
+                cells += [_fmt(r.get("train_loss"), ".3f"), _fmt(r.get("eval_loss"), ".3f"),
+                          _fmt(r.get("epsilon"), ".3f"), _fmt(r.get("users_replied")),
+                          _fmt(r.get("examples_processed"))]
+            else:
+                cells += [_fmt(r.get("eval_loss"), ".3f"), _fmt(r.get("epsilon"), ".3f")]
         table.add_row(*cells)
     return table

@@ -25,11 +25,16 @@ STREAMS = {
 }
 
 
-def rng_for(seed: int, stream: str, round: int = 0, user: int = 0) -> np.random.Generator:
-    """A Generator for (seed, stream, round, user); independent across paths."""
+def rng_for(seed: int, stream: str, round: int = 0, user: int = 0, key: int | None = None) -> np.random.Generator:
+    """A Generator for (seed, stream, round, user[, key]); independent across paths.
+
+    `key` (a non-negative integer of any size, e.g. a digest) extends the seed's entropy: generators with
+    different keys are independent (used to give every distinct release its own noise, `noise.release_rng`).
+    """
     if stream not in STREAMS:
         raise KeyError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
-    seq = np.random.SeedSequence(entropy=int(seed), spawn_key=(STREAMS[stream], int(round), int(user)))
+    entropy = int(seed) if key is None else [int(seed), int(key)]
+    seq = np.random.SeedSequence(entropy=entropy, spawn_key=(STREAMS[stream], int(round), int(user)))
     return np.random.Generator(np.random.PCG64(seq))
 
 

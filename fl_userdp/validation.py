@@ -3,8 +3,10 @@
 The server knows how many users (ULS) or examples (ELS) it asked each node
 for, so a node's summed contribution can be at most that many times C in
 norm. A contribution with the wrong shape or dtype, or any NaN/Inf, is
-rejected; one above its bound (beyond a small float tolerance) is re-clipped
-to the bound. Either way it is counted, and nothing is applied raw.
+rejected; one above its bound — by any amount — is scaled down to the bound
+exactly, so no accepted sum exceeds (requested records) × C. Only a sum more
+than `NORM_TOLERANCE` above it (more than float32 summation can explain) is
+*counted* as re-clipped. Nothing is applied raw.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NORM_TOLERANCE = 1e-4  # relative slack for float32 sums
+NORM_TOLERANCE = 1e-4  # relative excess counted as "reclipped" (below it: float32 rounding, scaled silently)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ def check_contribution(arrays: list[np.ndarray], shapes: list[tuple[int, ...]], 
     if not np.all(np.isfinite(flat)):
         return Checked(None, "rejected: non-finite values")
     norm = float(np.linalg.norm(flat))
-    if norm > bound * (1 + NORM_TOLERANCE):
-        return Checked(flat * (bound / norm), "reclipped")
-    return Checked(flat, "ok")
+    if norm <= bound:
+        return Checked(flat, "ok")
+    scaled = flat * (bound / norm)
+    while float(np.linalg.norm(scaled)) > bound:  # float rounding of the product: shave an ulp or two
+        scaled *= 1.0 - 2.0 ** -50
+    return Checked(scaled, "reclipped" if norm > bound * (1 + NORM_TOLERANCE) else "ok")

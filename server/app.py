@@ -113,7 +113,7 @@ def serve(grid: Grid, cfg: RunConfig, modes: list[str], setup: Setup | None = No
           on_record: Callable[[dict[str, Any]], None] | None = None,
           on_mode: Callable[[str, float], None] | None = None) -> list[ModeResult]:
     """Discover the nodes once, then run every mode in turn on them."""
-    setup = setup or prepare(cfg, modes)
+    setup = setup or prepare(cfg, modes, resume)
     num_nodes = -(-len(setup.counts) // cfg.sim.users_per_node)
     part2node = discover(grid, num_nodes, cfg.sim.reply_timeout)
     results = []
@@ -155,7 +155,8 @@ def main(grid: Grid, context: Context) -> None:
     results = serve(grid, cfg, [cfg.privacy.mode])
     records = [r for res in results for r in res.records]
     report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
-                                                                               if r.stop_reason]}))
+                                                                               if r.stop_reason]},
+                                                   cfg.privacy.publish_diagnostics))
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
               f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))

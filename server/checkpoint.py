@@ -19,7 +19,7 @@ import numpy as np
 
 from fl_userdp.errors import ConfigError
 
-VERSION = 1
+VERSION = 2  # 2: checkpoints are a speed-up over the release log (fl_userdp.release_log)
 
 
 def checkpoint_path(out: str | Path, mode: str) -> Path:

@@ -50,7 +50,7 @@ def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, setup=None, o
     from .runner import prepare, run_mode
     from .strategy import with_mode
 
-    setup = setup or prepare(cfg, modes)
+    setup = setup or prepare(cfg, modes, resume)
     results = []
     for mode in modes:
         mcfg = with_mode(cfg, mode)

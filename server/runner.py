@@ -1,9 +1,17 @@
 """Run all rounds of one mode: resume, loop, log, checkpoint (no Flower here).
 
 `prepare(cfg)` loads what the server needs before any engine starts (user
-counts, initial trainable weights, σ per mode), so bad input fails fast with
-a ConfigError. `run_mode` drives a `UserDPStrategy` over a transport and
-writes `metrics.jsonl` and `checkpoint-<mode>.npz` in the output folder.
+counts, initial trainable weights, σ per mode — the resumed run's own σ when
+resuming), so bad input fails fast with a ConfigError. `run_mode` drives a
+`UserDPStrategy` over a transport and writes, in the output folder:
+`releases-<mode>.log` (the write-ahead release log, `fl_userdp.release_log`:
+every release durable before it is applied), `metrics.jsonl` and
+`checkpoint-<mode>.npz` (every `checkpoint-every` rounds and at the end; the
+log's updates up to a checkpoint are then compacted away).
+
+Resume = the checkpoint (a speed-up) + replay of the logged releases after
+it; the ledger must agree with the log. A round is never recomputed once
+released, and a fresh start never overwrites a log that holds releases.
 """
 from __future__ import annotations
 
@@ -14,12 +22,13 @@ from typing import Any, Callable
 import numpy as np
 
 from fl_userdp import report
-from fl_userdp.accounting import calibrate_noise
+from fl_userdp.accounting import calibrate_noise, event_to_dict
 from fl_userdp.config import RunConfig
 from fl_userdp.errors import ConfigError
+from fl_userdp.release_log import LogContents, ReleaseLog, log_path, read_log
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .strategy import Evaluator, Transport, UserDPStrategy
+from .strategy import Evaluator, Transport, UserDPStrategy, identity
 
 
 @dataclass
@@ -39,8 +48,9 @@ def noise_multiplier(cfg: RunConfig) -> float:
     return sigma
 
 
-def prepare(cfg: RunConfig, modes: list[str] | None = None) -> Setup:
-    """Corpus counts, initial weights (same seed as the nodes), σ for each mode."""
+def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False) -> Setup:
+    """Corpus counts, initial weights (same seed as the nodes), σ for each mode (with `resume`: the σ of
+    the run being resumed, from its release log in cfg.out, where there is one)."""
     from fl_userdp.data import load_corpus
 
     from .strategy import with_mode
@@ -52,7 +62,8 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None) -> Setup:
     init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" else get_trainable(build_model(cfg.model, cfg.seed))
     setup = Setup(np.asarray(corpus.counts, np.int64), init)
     for mode in modes or [cfg.privacy.mode]:
-        setup.sigmas[mode] = noise_multiplier(with_mode(cfg, mode))
+        logged = logged_sigma(cfg.out, mode) if resume else None
+        setup.sigmas[mode] = logged if logged is not None else noise_multiplier(with_mode(cfg, mode))
     return setup
 
 
@@ -67,56 +78,120 @@ class ModeResult:
     strategy: UserDPStrategy | None = None
 
 
-def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
-    """Before anything starts: every checkpoint `--resume` would load must be trustworthy.
+def _log_of(out: Path, mode: str) -> ReleaseLog:
+    return ReleaseLog(log_path(out, mode))
 
-    Raises ConfigError (one line) for a checkpoint without a ledger, with a ledger that does not match its
-    round, written for another config, or missing while metrics.jsonl already holds rounds of that mode
-    (a fresh start would reset the privacy budget).
+
+def logged_sigma(out: str | Path, mode: str) -> float | None:
+    """σ of the run whose release log for `mode` is in `out` (None when there is none)."""
+    run = read_log(log_path(out, mode)).run
+    return float(run["noise_multiplier"]) if run else None
+
+
+def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
+    """Before anything starts: every release log and checkpoint `--resume` would load must be trustworthy.
+
+    Raises ConfigError (one line) for a log or checkpoint written for another config, a checkpoint without
+    a ledger or whose ledger does not match its round, a checkpoint without its release log, or rounds in
+    metrics.jsonl without either (a fresh start would reset the privacy budget).
     """
     from .strategy import check_identity, with_mode
 
     out = Path(out)
     for mode in modes:
-        ckpt = checkpoint_path(out, mode)
+        mcfg, ckpt, path = with_mode(cfg, mode), checkpoint_path(out, mode), log_path(out, mode)
+        contents = read_log(path)
+        if path.exists() and contents.run is None:
+            raise ConfigError("--resume", str(path), "is not a readable release log; refusing to resume")
+        if contents.run is not None:
+            check_identity(contents.run, mcfg)
         if ckpt.exists():
             meta, _ = load_checkpoint(ckpt)
-            check_identity(meta, with_mode(cfg, mode))
-        elif any(r.get("mode") == mode for r in report.read_records(out / report.METRICS)):
+            check_identity(meta, mcfg)
+            if contents.run is None:
+                raise ConfigError("--resume", str(path), "is missing but a checkpoint exists; refusing to resume "
+                                  "(releases after the checkpoint could not be accounted)")
+        elif contents.run is None and any(r.get("mode") == mode for r in report.read_records(out / report.METRICS)):
             raise ConfigError("--resume", str(ckpt), f"is missing but {out / report.METRICS} already holds {mode} "
                               "rounds; refusing to resume (the budget would reset); run without --resume to start over")
 
 
+def _check_fresh(out: Path, mode: str) -> None:
+    """A fresh start must not overwrite the record of releases already made."""
+    contents = read_log(log_path(out, mode))
+    if contents.releases:
+        raise ConfigError("--out", str(out), f"already holds {len(contents.releases)} released {mode} rounds "
+                          f"({log_path(out, mode).name}); continue them with --resume, or choose another --out")
+
+
+def _ledger_runs(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    runs: list[tuple[dict[str, Any], int]] = []
+    for e in entries:
+        if runs and runs[-1][0] == e["event"]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((e["event"], 1))
+    return runs
+
+
+def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents) -> None:
+    """Checkpoint (if any) + replay of the logged releases after it; the ledger is checked against the log."""
+    ckpt, mode = checkpoint_path(out, strategy.mode), strategy.mode
+    if ckpt.exists():
+        meta, arrays = load_checkpoint(ckpt)
+        if int(meta["round"]) > contents.last_round:
+            raise ConfigError("--resume", str(ckpt), f"is at round {meta['round']} but the release log ends at "
+                              f"round {contents.last_round}; refusing to resume")
+        strategy.restore(meta, arrays)
+        logged = _ledger_runs(contents.releases[: strategy.round])
+        held = [(event_to_dict(e), c) for e, c in strategy.accountant.runs]
+        if logged != held:
+            raise ConfigError("--resume", str(ckpt), "has a ledger that differs from the release log; refusing "
+                              "to resume")
+    for entry in contents.releases[strategy.round:]:
+        update = contents.updates.get(int(entry["round"]))
+        if update is None or update.size != strategy.weights.size:
+            raise ConfigError("--resume", str(log_path(out, mode)), f"holds no update for round {entry['round']} "
+                              "and no checkpoint covers it; refusing to resume")
+        strategy.replay(entry, update)
+
+
 def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: str | Path,
              resume: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> ModeResult:
-    """All rounds of cfg.privacy.mode (from a checkpoint when `resume` and one exists)."""
+    """All rounds of cfg.privacy.mode; with `resume`, continue the run in `out` from its release log."""
     out, mode = Path(out), cfg.privacy.mode
     out.mkdir(parents=True, exist_ok=True)
-    ckpt, meta = checkpoint_path(out, mode), None
+    publish = cfg.privacy.publish_diagnostics
+    log, metrics = _log_of(out, mode), out / report.METRICS
     if resume:
         check_resume(cfg, out, [mode])
-    if resume and ckpt.exists():
-        meta, arrays = load_checkpoint(ckpt)
-    sigma = float(meta["noise_multiplier"]) if meta else setup.sigmas.get(mode, None)
+    contents = log.open() if resume and log.path.exists() else None
+    if contents is None:
+        _check_fresh(out, mode)
+    sigma = float(contents.run["noise_multiplier"]) if contents else setup.sigmas.get(mode)
+    if contents and cfg.privacy.noise_multiplier is not None and cfg.privacy.noise_multiplier != sigma:
+        raise ConfigError("privacy.noise-multiplier", cfg.privacy.noise_multiplier,
+                          f"differs from the run being resumed ({sigma!r})")
     strategy = UserDPStrategy(cfg, setup.counts, setup.init_weights,
                               sigma if sigma is not None else noise_multiplier(cfg))
-    if meta:
-        strategy.restore(meta, arrays)
-    metrics = out / report.METRICS
-    records = report.keep_records(metrics, mode, strategy.round)
+    if contents:
+        _resume(strategy, out, contents)
+    else:
+        log.start({"mode": mode, "identity": identity(cfg), "noise_multiplier": strategy.noise_multiplier,
+                   "size": int(strategy.weights.size)})
+    strategy.journal = log.append
     start = strategy.round
-    if any("stop_reason" in r for r in records):  # an earlier budget stop; this run decides afresh
-        records = [{k: v for k, v in r.items() if k != "stop_reason"} for r in records]
-        report.replace_mode_records(metrics, mode, records)
+    records = _restore_records(metrics, strategy, contents, publish)
 
     def save() -> None:
-        save_checkpoint(ckpt, *strategy.state())
+        save_checkpoint(checkpoint_path(out, mode), *strategy.state())
+        log.compact(strategy.round)
 
     while strategy.round < cfg.train.rounds:
         rec = strategy.run_round(transport, evaluate)
         if rec is None:  # budget stop: nothing released this round
             break
-        report.append_record(metrics, rec)
+        report.append_record(metrics, rec, publish)
         records.append(rec)
         if on_record:
             on_record(rec)
@@ -125,6 +200,24 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
     save()
     if strategy.stop_reason and records:  # the last released round carries why the run stopped there
         records[-1] = {**records[-1], "stop_reason": strategy.stop_reason}
-        report.replace_mode_records(metrics, mode, records)
+        report.replace_mode_records(metrics, mode, records, publish)
     return ModeResult(mode, strategy.noise_multiplier, records, strategy.epsilon(), strategy.stop_reason,
                       start, strategy)
+
+
+def _restore_records(metrics: Path, strategy: UserDPStrategy, contents: LogContents | None,
+                     publish: bool) -> list[dict[str, Any]]:
+    """metrics.jsonl with exactly one record per released round of this mode (none for a fresh start).
+
+    Rounds the log holds but metrics.jsonl lost (a crash between the two writes) get their covered part
+    back from the log; an earlier stop reason is dropped (this run decides afresh).
+    """
+    mode = strategy.mode
+    records = report.keep_records(metrics, mode, strategy.round, publish)
+    have = {int(r["round"]) for r in records}
+    lost = [e for e in (contents.releases if contents else []) if int(e["round"]) not in have]
+    records = [{k: v for k, v in r.items() if k != "stop_reason"} for r in records]
+    records += [{k: v for k, v in e.items() if k in report.COVERED} for e in lost]
+    records.sort(key=lambda r: int(r["round"]))
+    report.replace_mode_records(metrics, mode, records, publish)
+    return records

@@ -52,7 +52,7 @@ def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, ray_address: 
 
     from .app import build_server_app
 
-    setup = setup or prepare(cfg, modes)
+    setup = setup or prepare(cfg, modes, resume)
     num_nodes = -(-len(setup.counts) // cfg.sim.users_per_node)
     sink: dict[str, Any] = {}
     server_app = build_server_app(cfg, modes, setup, resume, on_record, on_mode, sink)

@@ -8,16 +8,22 @@ counts) or a `NodeFailure`; a node missing from the answer timed out. The
 Flower transport lives in `server.app`; tests pass fakes.
 
 Round r (`run_round`):
-  0. budget  — stop before a release that would take ε past privacy.max-epsilon
-  1. sample  — Poisson users (ULS) or Poisson kept examples (ELS), seeded by (seed, r)
+  0. budget  — stop before a release that would take ε past the budget (privacy.max-epsilon, and
+               privacy.target-epsilon when σ was calibrated for it)
+  1. sample  — Poisson users (ULS) or Poisson kept examples (ELS): seeded by (seed, r), or from OS
+               entropy in secure mode
   2. send    — one request per node with sampled users (an empty cohort sends nothing)
   3. collect — replies; errors and timeouts count as failures
-  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else re-clipped)
-  5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k)
-  6. step    — server optimizer with the noisy mean as the gradient estimate
-  7. account — compose the round's event in the ledger (also for empty cohorts)
-  8. eval    — held-out loss every train.eval-every rounds (and at the last round)
-  9. record  — one flat dict per round
+  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else re-clipped to it)
+  5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k); the noise is drawn for
+               this release only (`fl_userdp.noise`)
+  6. account — compose the round's event in the ledger (also for empty cohorts)
+  7. log     — hand the release to `self.journal` (the write-ahead release log), before anything uses it
+  8. step    — server optimizer with the noisy mean as the gradient estimate
+  9. eval    — held-out loss every train.eval-every rounds (and at the last round)
+ 10. record  — one flat dict per round (`fl_userdp.report` labels what the DP guarantee covers)
+
+`replay(entry, update)` applies a logged release again (resume): steps 6 and 8 only.
 """
 from __future__ import annotations
 
@@ -28,10 +34,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fl_userdp.accounting import UserLevelAccountant, make_event
+from fl_userdp.accounting import UserLevelAccountant, event_from_dict, event_to_dict, make_event
 from fl_userdp.aggregate import expected_count, release
 from fl_userdp.config import RunConfig, parse_config, to_flat
 from fl_userdp.errors import ConfigError
+from fl_userdp.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
 from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
 from fl_userdp.validation import check_contribution
@@ -73,16 +80,23 @@ class NodeFailure:
 
 Transport = Callable[[Mapping[int, NodeRequest], list[np.ndarray]], Mapping[int, Any]]
 Evaluator = Callable[[list[np.ndarray]], "float | None"]
+Journal = Callable[[dict[str, Any], np.ndarray], None]  # (ledger entry, released update): durable on return
 
 # Keys that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "train.eval-every", "privacy.max-epsilon")
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:
-    """The config keys a checkpoint must agree on (everything that changes the math)."""
+    """The config keys a checkpoint must agree on (everything that changes the math or the budget).
+
+    σ itself is checked separately (it is stored with the run). A calibrated run's target ε is its budget,
+    so it is part of the identity; with a fixed σ the target is unused and may differ.
+    """
+    skip = {"privacy.noise-multiplier", "privacy.publish-diagnostics"}
+    if cfg.privacy.noise_multiplier is not None:
+        skip.add("privacy.target-epsilon")
     return {k: v for k, v in to_flat(cfg).items()
-            if k not in RESUMABLE_KEYS and not k.startswith("sim.")
-            and k not in ("privacy.noise-multiplier", "privacy.target-epsilon")}
+            if k not in RESUMABLE_KEYS and not k.startswith("sim.") and k not in skip}
 
 
 def check_identity(meta: dict[str, Any], cfg: RunConfig) -> None:
@@ -123,6 +137,16 @@ class UserDPStrategy:
         self.optimizer = make_optimizer(cfg.train.server_optimizer, cfg.train.server_lr, self.weights.size)
         self.round = 0
         self.stop_reason: str | None = None
+        self.journal: Journal | None = None  # set by the runner: the write-ahead release log
+
+    @property
+    def budget(self) -> tuple[float, str] | None:
+        """The ε no release may pass, and its key: max-epsilon, and the target when σ was calibrated for it."""
+        p = self.cfg.privacy
+        limits = [(p.max_epsilon, "max-epsilon")] if p.max_epsilon is not None else []
+        if p.noise_multiplier is None:
+            limits.append((p.target_epsilon, "target-epsilon"))
+        return min(limits) if limits else None
 
     # -- helpers -------------------------------------------------------------
     @property
@@ -138,8 +162,10 @@ class UserDPStrategy:
 
     # -- 1. sample -------------------------------------------------------------
     def sample(self, rnd: int) -> dict[int, NodeRequest]:
-        """This round's requests, keyed by node (partition) id; depends only on (seed, round)."""
-        rng, q, U = rng_for(self.cfg.seed, "sampling", rnd), self.cfg.privacy.sampling_rate, self.users_per_node
+        """This round's requests, keyed by node (partition) id: a function of (seed, round), or fresh OS
+        entropy in secure mode; never of the data."""
+        p, U = self.cfg.privacy, self.users_per_node
+        rng, q = SecureGenerator() if p.secure_mode else rng_for(self.cfg.seed, "sampling", rnd), p.sampling_rate
         if self.mode == "uls":
             users = poisson_users(rng, self.num_users, q)
             return {int(g[0] // U): NodeRequest("uls", rnd, g)
@@ -188,10 +214,11 @@ class UserDPStrategy:
     def run_round(self, transport: Transport, evaluate: Evaluator | None = None) -> dict[str, Any] | None:
         """Run the next round; return its record, or None when the budget stops the run."""
         p, rnd, t0 = self.cfg.privacy, self.round + 1, time.perf_counter()
-        # 0. budget: never release a round that would pass max-epsilon
-        if p.max_epsilon is not None and self.accountant.would_exceed(self.event, p.max_epsilon):
+        # 0. budget: never release a round that would pass it
+        budget = self.budget
+        if budget is not None and self.accountant.would_exceed(self.event, budget[0]):
             self.stop_reason = (f"privacy budget: round {rnd} would take epsilon from {self.epsilon():.4g} to "
-                                f"{self.accountant.epsilon_after(self.event):.4g} > max-epsilon {p.max_epsilon:g}; "
+                                f"{self.accountant.epsilon_after(self.event):.4g} > {budget[1]} {budget[0]:g}; "
                                 f"stopped after round {self.round}")
             return None
         # 1. sample
@@ -200,24 +227,25 @@ class UserDPStrategy:
         replies = transport(requests, self.weights_list()) if requests else {}
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
-        # 5. noise once, divide by the expected count
-        noise_rng = None if p.secure_noise else rng_for(self.cfg.seed, "noise", rnd)
-        rel = release(total, p.clip_norm, self.noise_multiplier, self.expected, noise_rng, p.secure_noise)
-        # 6. server optimizer step
-        self.weights = self.optimizer.step(self.weights, rel.update)
-        # 7. account
+        # 5. noise once (drawn for this release only), divide by the expected count
+        std = p.clip_norm * self.noise_multiplier
+        rng = SecureGenerator() if p.secure_mode else \
+            release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total)
+        rel = release(total, p.clip_norm, self.noise_multiplier, self.expected, rng)
+        # 6. account, 7. log (durable before anything applies or writes it), 8. step
         eps = self.accountant.compose(self.event)
+        if self.journal is not None:
+            self.journal(self.ledger_entry(rnd, eps), rel.update)
+        self.weights = self.optimizer.step(self.weights, rel.update)
         self.round = rnd
-        # 8. evaluate
+        # 9. evaluate
         every = self.cfg.train.eval_every
         due = evaluate is not None and every > 0 and (rnd % every == 0 or rnd == self.cfg.train.rounds)
         eval_loss = evaluate(self.weights_list()) if due else None
-        # 9. record
+        # 10. record
         return {
-            "round": rnd, "mode": self.mode,
+            **self.release_record(rnd, eps), "eval_loss": eval_loss,
             "train_loss": st["loss_sum"] / st["loss_records"] if st["loss_records"] else None,
-            "eval_loss": eval_loss, "epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,
-            "noise_multiplier": self.noise_multiplier, "clip_norm": p.clip_norm,
             "users_sampled": int(sum(r.users.size for r in requests.values())),
             "users_replied": st["users_replied"],
             "examples_sampled": int(sum(r.count for r in requests.values())) if self.mode == "els" else None,
@@ -225,8 +253,30 @@ class UserDPStrategy:
             "nodes_requested": len(requests), "nodes_replied": st["nodes_replied"],
             "clipped_fraction": st["clipped"] / st["records"] if st["records"] else None,
             "failures": st["failures"], "rejected": st["rejected"], "reclipped": st["reclipped"],
-            "expected_count": self.expected, "wall_time": time.perf_counter() - t0,
+            "wall_time": time.perf_counter() - t0,
         }
+
+    def release_record(self, rnd: int, eps: float) -> dict[str, Any]:
+        """The part of a round's record that the DP guarantee covers (no user data beyond the release)."""
+        p = self.cfg.privacy
+        return {"round": rnd, "mode": self.mode, "epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,
+                "noise_multiplier": self.noise_multiplier, "clip_norm": p.clip_norm, "expected_count": self.expected}
+
+    def ledger_entry(self, rnd: int, eps: float) -> dict[str, Any]:
+        """What the release log stores about round `rnd` besides the update: its event and its ε."""
+        return {**self.release_record(rnd, eps), "event": event_to_dict(self.event)}
+
+    def replay(self, entry: dict[str, Any], update: np.ndarray | None) -> None:
+        """Apply logged release `entry` again (resume): compose its event; step with its update if given."""
+        if int(entry["round"]) != self.round + 1:
+            raise ConfigError("--resume", entry.get("round"), f"release log skips from round {self.round}")
+        event = event_from_dict(entry["event"])
+        if event != self.event:
+            raise ConfigError("--resume", entry["event"], f"logged event differs from this run's {self.event}")
+        self.accountant.compose(event)
+        if update is not None:
+            self.weights = self.optimizer.step(self.weights, np.asarray(update, np.float64))
+        self.round += 1
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -3,11 +3,13 @@
 Public API: the events (`UlsRound`, `ElsStep`, `make_event`), the ledger
 (`UserLevelAccountant`), `epsilon_for` and `calibrate_noise`.
 """
-from .accountant import BACKENDS, UserLevelAccountant, check_backend, check_delta, epsilon_for
+from .accountant import (BACKENDS, UserLevelAccountant, check_backend, check_delta, epsilon_for, event_from_dict,
+                         event_to_dict)
 from .calibration import calibrate_noise
 from .events import MODES, ElsStep, Event, UlsRound, make_event
 
 __all__ = [
     "BACKENDS", "MODES", "ElsStep", "Event", "UlsRound", "UserLevelAccountant",
-    "calibrate_noise", "check_backend", "check_delta", "epsilon_for", "make_event",
+    "calibrate_noise", "check_backend", "check_delta", "epsilon_for", "event_from_dict", "event_to_dict",
+    "make_event",
 ]

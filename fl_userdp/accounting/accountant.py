@@ -64,11 +64,11 @@ def _merge(runs: list[Run], event: Event, count: int) -> list[Run]:
     return runs
 
 
-def _event_to_dict(event: Event) -> dict[str, Any]:
+def event_to_dict(event: Event) -> dict[str, Any]:
     return {"mode": event.mode, **asdict(event)}
 
 
-def _event_from_dict(d: dict[str, Any]) -> Event:
+def event_from_dict(d: dict[str, Any]) -> Event:
     return make_event(
         d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user")
     )
@@ -141,7 +141,7 @@ class UserLevelAccountant:
             "version": STATE_VERSION,
             "backend": self.backend,
             "delta": self.delta,
-            "runs": [{**_event_to_dict(e), "count": c} for e, c in self._runs],
+            "runs": [{**event_to_dict(e), "count": c} for e, c in self._runs],
             "history": [None if math.isinf(h) else h for h in self.history],
             "history_infinite": [math.isinf(h) for h in self.history],
         }
@@ -154,7 +154,7 @@ class UserLevelAccountant:
             raise ConfigError("ledger.backend", state.get("backend"), f"must match the run's accountant {self.backend!r}")
         if state.get("delta") != self.delta:
             raise ConfigError("ledger.delta", state.get("delta"), f"must match the run's delta {self.delta!r}")
-        runs = [(_event_from_dict(r), int(r["count"])) for r in state["runs"]]
+        runs = [(event_from_dict(r), int(r["count"])) for r in state["runs"]]
         infinite = state.get("history_infinite") or [False] * len(state["history"])
         history = [math.inf if inf else float(h) for h, inf in zip(state["history"], infinite)]
         self._runs, self.history = runs, history

@@ -58,7 +58,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from server import simulate
-    from server.runner import prepare
+    from server.runner import logged_sigma, prepare
 
     from .. import report
 
@@ -69,15 +69,19 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         check_resume(cfg, out, modes)
     out.mkdir(parents=True, exist_ok=True)
     with console.status("loading data, building the model, calibrating noise…"):
-        setup = prepare(cfg, modes)
+        setup = prepare(cfg, modes, resume=a.resume)
     q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
     per_step = q * float(sum(min(int(n), k) for n in setup.counts))
     console.print(f"[bold]{name}[/]: {len(setup.counts)} users, {-(-len(setup.counts) // cfg.sim.users_per_node)} "
                   f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}, "
                   f"expected examples/step {per_step:.1f}")
+    publish = cfg.privacy.publish_diagnostics
     for mode, sigma in setup.sigmas.items():
-        target = "" if cfg.privacy.noise_multiplier is not None else f" (for ε={cfg.privacy.target_epsilon:g})"
-        console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}")
+        logged = logged_sigma(out, mode) if a.resume else None
+        target = " (the resumed run's)" if logged is not None else "" if cfg.privacy.noise_multiplier is not None \
+            else f" (for ε={cfg.privacy.target_epsilon:g}, also the run's budget)"
+        console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}"
+                      + (", secure mode (sampling and noise from OS entropy)" if cfg.privacy.secure_mode else ""))
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -105,19 +109,23 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     records = [r for res in results for r in res.records]
     stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]
     wall = time.perf_counter() - t0
-    summary = report.summarize(records, {
-        "command": f"fl-userdp {name}", "commit": _commit(),
-        "seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": setup.sigmas,
-        "expected_examples_per_step": per_step, "stop_reasons": stops, "wall_time_total": wall})
+    extra = {"command": f"fl-userdp {name}", "commit": _commit(), "seed": cfg.seed, "config": to_flat(cfg),
+             "noise_multipliers": {r.mode: r.noise_multiplier for r in results}, "stop_reasons": stops,
+             "expected_examples_per_step": per_step}  # q·Σ min(n_u, k): public by assumption, as expected_count
+    if publish:
+        extra.update(diagnostics={"wall_time_total": wall})
+    summary = report.summarize(records, extra, publish)
     report.write_summary(out, summary)
-    plot = report.plot(records, out / "plot.png")
+    plot = report.plot(records, out / "plot.png", publish)
     table_console = Console()
     table_console.width = max(table_console.width, 110)  # the side-by-side table needs ~100 columns
-    table_console.print(report.side_by_side(records))
+    table_console.print(report.side_by_side(records, publish))
     for s in stops:
         console.print(f"[yellow]stopped[/] {s}")
     for mode, row in summary["modes"].items():
-        console.print(f"{mode.upper()}: final eval loss {row['final_eval_loss']}, ε = {row['epsilon']} at δ = {row['delta']:g}")
+        eps, ev = row["epsilon"], row["final_eval_loss"]
+        console.print(f"{mode.upper()}: final eval loss {'-' if ev is None else f'{ev:.4f}'}, "
+                      f"ε = {'inf' if eps is None else f'{eps:.4f}'} at δ = {row['delta']:g}")
     console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {plot} in {wall:.0f} s")
     return 0
 

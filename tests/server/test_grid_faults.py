@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.app import app as client_app
 from fl_userdp.accounting import UserLevelAccountant
 from fl_userdp.config import parse_config
-from fl_userdp.rng import rng_for
+from fl_userdp.noise import release_rng
 from server.app import GridTransport
 from server.inprocess import InProcessTransport
 from server.runner import prepare
@@ -122,7 +122,9 @@ def test_failing_nodes_through_the_real_client_app(task_identity, mode):
         total = np.concatenate([np.concatenate([a.astype(np.float64).ravel() for a in rep.arrays])
                                 for rep in honest(ok, [w.copy() for w in _weights(s, w0)]).values()]) \
             .reshape(len(ok), -1).sum(axis=0)
-        noise = 0.7 * 0.5 * rng_for(cfg.seed, "noise", rnd).standard_normal(s.weights.size)
+        exact, _ = s.collect(requests, replies)  # the strategy's own sum (same order, same bytes)
+        np.testing.assert_allclose(exact, total, rtol=1e-9, atol=1e-12)
+        noise = 0.7 * 0.5 * release_rng(cfg.seed, mode, rnd, 0.7 * 0.5, s.expected, exact).standard_normal(exact.size)
         np.testing.assert_allclose((w0 - s.weights) * s.expected, total + noise, rtol=1e-6, atol=1e-9)
         residual = (w0 - s.weights) * s.expected - total
         assert np.std(residual) == pytest.approx(0.7 * 0.5, rel=0.2)  # σC, not scaled by the 70 % that replied

@@ -6,6 +6,7 @@ import pytest
 
 from fl_userdp.config import parse_config
 from fl_userdp.errors import ConfigError
+from fl_userdp.noise import release_rng
 from fl_userdp.rng import rng_for
 from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.runner import Setup, run_mode
@@ -210,10 +211,10 @@ def test_twenty_percent_failing_nodes():
     assert rec["failures"] == 2 * k >= 0.15 * len(nodes)
     assert rec["nodes_replied"] == len(nodes) - 2 * k
     assert s.accountant.steps == 1 and rec["epsilon"] > 0
-    # noise at full scale: weights = -(honest sum + noise)/expected with the seeded noise of round 1
+    # noise at full scale: weights = -(honest sum + noise)/expected with the seeded noise of this release
     honest_reqs = {n: reqs[n] for n in nodes[2 * k:]}
     honest, _ = s.collect(honest_reqs, HonestTransport(cfg)(honest_reqs, zeros()))
-    noise = 1.0 * 0.5 * rng_for(cfg.seed, "noise", 1).standard_normal(DIM)
+    noise = 1.0 * 0.5 * release_rng(cfg.seed, "uls", 1, 0.5, s.expected, honest).standard_normal(DIM)
     np.testing.assert_allclose(s.weights, -(honest + noise) / s.expected, rtol=1e-10)
 
 
