@@ -193,11 +193,13 @@ class LinearWorker:
     schedule as the LM path) — with τ = 1 and b ≥ k that is lr·(mean gradient). Each update is clipped to C.
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, corpus=None) -> None:
+        """`corpus`: any object with LinearCorpus's `counts`, `rows`, `user_weights` and `heldout` (default:
+        the config's LinearCorpus; the pipeline audit passes one with canary users)."""
         from fl_userdp.data import load_corpus
 
         self.seed = cfg.seed
-        self.corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
+        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, cfg.model, cfg.seed)
         self.shapes = [(cfg.model.dim,)]
         self._heldout: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

@@ -74,9 +74,7 @@ class AuditConfig:
 
     @property
     def guess_counts(self) -> tuple[int, ...]:
-        if self.guesses:
-            return tuple(self.guesses)
-        return tuple(sorted({max(2, int(self.canaries * f)) for f in (0.05, 0.1, 0.2, 0.4)}))
+        return tuple(self.guesses) if self.guesses else default_guess_counts(self.canaries)
 
 
 @dataclass(frozen=True)
@@ -131,6 +129,9 @@ def resolved_sigma(cfg: AuditConfig) -> float:
     return calibrate_noise(cfg.mode, cfg.target_epsilon, cfg.delta, cfg.sampling_rate, cfg.rounds, k)[0]
 
 
+STREAM_KEYS = {"uls": 1, "els": 2}  # each mode's audit draws its own noise
+
+
 def canary_scores(cfg: AuditConfig, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Run the mechanism with canaries; return (scores, included) per canary."""
     rng = rng_for(cfg.seed, "audit", 0, 0)
@@ -149,9 +150,30 @@ def canary_scores(cfg: AuditConfig, sigma: float) -> tuple[np.ndarray, np.ndarra
             weights = rs.binomial(cfg.max_examples_per_user, cfg.sampling_rate, members.size).astype(float)
         contribution = cfg.clip_norm * (weights @ directions[members])
         out = release(contribution, cfg.clip_norm, sigma * cfg.noise_scale, expected,
-                      rng_for(cfg.seed, "noise", t))
+                      rng_for(cfg.seed, "noise", t, key=STREAM_KEYS[cfg.mode]))
         total += out.update
     return directions @ total, included
+
+
+def default_guess_counts(canaries: int) -> tuple[int, ...]:
+    """r values tried: 5 %, 10 %, 20 % and 40 % of the canaries (at least 2)."""
+    return tuple(sorted({max(2, int(canaries * f)) for f in (0.05, 0.1, 0.2, 0.4)}))
+
+
+def lower_bound_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float,
+                            guess_counts: tuple[int, ...]) -> tuple[float, int, int]:
+    """(ε lower bound, r, correct): guess "in" for the r/2 highest scores and "out" for the r/2 lowest, for
+    each r tried (Bonferroni-corrected), and keep the best bound."""
+    order = np.argsort(scores)
+    beta = (1 - confidence) / len(guess_counts)
+    best = (0.0, guess_counts[0], 0)
+    for r in guess_counts:
+        low, high = order[: r // 2], order[len(order) - (r - r // 2):]
+        correct = int((~included[low]).sum() + included[high].sum())
+        eps_lb = epsilon_lower_bound(len(scores), r, correct, delta, beta)
+        if eps_lb >= best[0]:
+            best = (eps_lb, r, correct)
+    return best
 
 
 def run_audit(cfg: AuditConfig) -> AuditResult:
@@ -161,16 +183,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     event = make_event(cfg.mode, cfg.sampling_rate, sigma, cfg.max_examples_per_user if cfg.mode == "els" else None)
     reported = acc.compose(event, cfg.rounds)
     scores, included = canary_scores(cfg, sigma)
-    order = np.argsort(scores)
-    beta = (1 - cfg.confidence) / len(cfg.guess_counts)  # Bonferroni over the r values tried
-    best = (0.0, cfg.guess_counts[0], 0)
-    for r in cfg.guess_counts:
-        low, high = order[: r // 2], order[len(order) - (r - r // 2):]
-        correct = int((~included[low]).sum() + included[high].sum())
-        eps_lb = epsilon_lower_bound(cfg.canaries, r, correct, cfg.delta, beta)
-        if eps_lb >= best[0]:
-            best = (eps_lb, r, correct)
-    eps_lb, r, correct = best
+    eps_lb, r, correct = lower_bound_from_scores(scores, included, cfg.delta, cfg.confidence, cfg.guess_counts)
     return AuditResult(epsilon_lower_bound=eps_lb, confidence=cfg.confidence, epsilon_reported=reported,
                        delta=cfg.delta, guesses=r, correct=correct, canaries=cfg.canaries, noise_multiplier=sigma,
                        flagged=eps_lb > reported)

@@ -39,6 +39,7 @@ from .accounting import UserLevelAccountant, calibrate_noise, make_event
 from .aggregate import expected_count, release
 from .clipping import clip_factors
 from .errors import ConfigError
+from .noise import release_rng
 from .rng import hashed_normals, rng_for
 from .sampling import CappedExamples, cap_examples, poisson_examples, poisson_users
 
@@ -200,8 +201,9 @@ def train(
 ) -> TrainResult:
     """DP-SGD on ½‖θ − x‖² in `mode` for every paired (learning rate, clip norm).
 
-    Randomness: sampling from rng_for(seed, "sampling", t), noise from
-    rng_for(seed, "noise", t) freshly per grid point (common random numbers).
+    Randomness: sampling from rng_for(seed, "sampling", t) (common to the grid points); noise drawn for
+    each release on its own (`noise.release_rng`: keyed by mode, step, σC, expected count and the clipped
+    sum), so no two releases that can differ — other modes, grid points, configs — share noise.
     The accountant, if given, composes the step's event once per reporting
     interval (count = steps in the interval); its ε is stored in the result.
     """
@@ -237,12 +239,11 @@ def train(
             res.user_updates += sample.users.size
             res.examples += sample.num_examples
         totals = _clipped_sums(thetas, x, clips)
-        nrng = rng_for(seed, "noise", t)
-        start = nrng.bit_generator.state
         for g in range(lrs.size):
-            nrng.bit_generator.state = start  # every grid point sees the same noise stream
             # C = inf (no clipping) is allowed only without noise; the noise std is then 0.
-            upd = release(totals[g], clips[g] if np.isfinite(clips[g]) else 0.0, noise_multiplier, expected, nrng)
+            clip = clips[g] if np.isfinite(clips[g]) else 0.0
+            nrng = release_rng(seed, mode, t, clip * noise_multiplier, expected, totals[g])
+            upd = release(totals[g], clip, noise_multiplier, expected, nrng)
             thetas[g] -= lrs[g] * upd.update
         if record_every and ((t + 1) % record_every == 0 or t + 1 == steps):
             if accountant is not None:

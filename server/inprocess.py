@@ -21,9 +21,9 @@ def contribution_arrays(total: np.ndarray, shapes) -> list[np.ndarray]:
 
 
 class InProcessTransport:
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, worker=None) -> None:
         self.cfg = cfg
-        self.worker = worker_for(cfg)
+        self.worker = worker if worker is not None else worker_for(cfg)
 
     def __call__(self, requests: Mapping[int, NodeRequest], weights: list[np.ndarray]) -> dict[int, NodeReply]:
         out = {}

@@ -1,40 +1,84 @@
-"""`fl-userdp audit`: empirical lower bound on ε from canary users, next to the accountant's ε."""
+"""`fl-userdp audit`: empirical privacy from canary users, next to the accountant's ε.
+
+Default: the mechanism-level audit (`fl_userdp.audit`: its own sampling and
+release; checks noise and accountant). `--pipeline`: canary users through
+the real round loop (`server.audit`: strategy, node code, validation, noise,
+ledger), which also catches bugs in sampling, clipping and validation.
+Exit status 3 when the audit flags the run.
+"""
 from __future__ import annotations
 
 import argparse
 
 from .common import emit, fmt_eps
 
+MECHANISM_DEFAULTS = dict(canaries=2000, dim=4000, rounds=50, sampling_rate=0.5, target_epsilon=1.5)
+
 
 def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", action="store_true",
+                   help="audit the real pipeline (strategy + linear-task nodes) instead of the mechanism alone")
     p.add_argument("--mode", default="uls", help="uls or els")
-    p.add_argument("--canaries", type=int, default=2000)
-    p.add_argument("--dim", type=int, default=4000, help="dimension of the canary directions")
-    p.add_argument("--rounds", type=int, default=50)
-    p.add_argument("--sampling-rate", type=float, default=0.5)
+    p.add_argument("--canaries", type=int, help="number of canary users (2000; --pipeline: 1000)")
+    p.add_argument("--dim", type=int, help="dimension of the canary directions (4000; --pipeline: 2000)")
+    p.add_argument("--rounds", type=int, help="releases (50; --pipeline: 30)")
+    p.add_argument("--sampling-rate", type=float, help="q (0.5; --pipeline: 0.25)")
     p.add_argument("--noise-multiplier", type=float, help="σ (default: calibrated to --target-epsilon)")
-    p.add_argument("--target-epsilon", type=float, default=1.5)
+    p.add_argument("--target-epsilon", type=float, help="(1.5; --pipeline: 2)")
     p.add_argument("--max-examples-per-user", type=int, default=4)
     p.add_argument("--delta", type=float, default=1e-6)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-users", type=int, default=100, help="--pipeline: ordinary users next to the canaries")
     p.add_argument("--noise-scale", type=float, default=1.0,
-                   help="fault injection: multiply the noise actually added (not the accounted σ)")
+                   help="fault injection (mechanism audit): multiply the noise actually added (not the accounted σ)")
+    p.add_argument("--inject-fault", default="none", choices=["none", "noise", "clip", "sampling"],
+                   help="fault injection (--pipeline), to test the auditor: noise σ/4, nodes clip at 4C, "
+                        "sampling at 2q — each while the ledger is told the correct value")
     p.add_argument("--json", action="store_true")
 
 
+def _given(a: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
+
+
 def audit_cmd(a: argparse.Namespace) -> int:
+    if a.pipeline:
+        return _pipeline(a)
     from ..audit import AuditConfig, run_audit
 
-    cfg = AuditConfig(mode=a.mode, canaries=a.canaries, dim=a.dim, rounds=a.rounds, sampling_rate=a.sampling_rate,
-                      noise_multiplier=a.noise_multiplier, target_epsilon=a.target_epsilon,
-                      max_examples_per_user=a.max_examples_per_user, delta=a.delta, confidence=a.confidence,
-                      seed=a.seed, noise_scale=a.noise_scale)
+    opts = {**MECHANISM_DEFAULTS, **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon"))}
+    cfg = AuditConfig(mode=a.mode, noise_multiplier=a.noise_multiplier, max_examples_per_user=a.max_examples_per_user,
+                      delta=a.delta, confidence=a.confidence, seed=a.seed, noise_scale=a.noise_scale, **opts)
     res = run_audit(cfg)
     verdict = ("FLAGGED: the empirical lower bound exceeds the reported epsilon" if res.flagged
                else "consistent: the lower bound does not exceed the reported epsilon")
     text = (f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
             f"empirical lower bound {res.epsilon_lower_bound:.4g} at {res.confidence:.0%} confidence "
             f"({res.correct}/{res.guesses} guesses correct, {res.canaries} canaries)\n{verdict}")
+    emit(res.to_dict(), a.json, text)
+    return 3 if res.flagged else 0
+
+
+def _pipeline(a: argparse.Namespace) -> int:
+    from server.audit import PipelineAuditConfig, run_pipeline_audit
+
+    from ..errors import ConfigError
+
+    if a.noise_multiplier is not None:
+        raise ConfigError("--noise-multiplier", a.noise_multiplier, "is calibrated from --target-epsilon with "
+                          "--pipeline (as a run does)")
+    cfg = PipelineAuditConfig(mode=a.mode, max_examples_per_user=a.max_examples_per_user, delta=a.delta,
+                              confidence=a.confidence, seed=a.seed, base_users=a.base_users, fault=a.inject_fault,
+                              **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon")))
+    res = run_pipeline_audit(cfg)
+    verdict = ("FLAGGED: the run leaks more than its ledger says" if res.flagged
+               else "consistent: neither the lower bound nor the estimate exceeds the reported epsilon")
+    text = (f"pipeline audit ({res.mode}{', injected fault: ' + res.fault if res.fault != 'none' else ''}): "
+            f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
+            f"empirical lower bound {res.epsilon_lower_bound:.4g} at {res.confidence:.0%} confidence "
+            f"({res.correct}/{res.guesses} guesses correct, {res.canaries} canaries, {res.included} included)\n"
+            f"estimate {res.epsilon_estimate:.4g} (canary SNR {res.snr_ratio:.3g}x the claimed, "
+            f"lower bound {res.snr_ratio_lower:.3g}x)\n{verdict}")
     emit(res.to_dict(), a.json, text)
     return 3 if res.flagged else 0

@@ -1,0 +1,217 @@
+"""Audit the real pipeline: canary users through `UserDPStrategy` and the linear task's node code.
+
+`fl_userdp.audit` re-implements sampling and release to check the noise and
+the accountant. This audit instead sends canary users through everything a
+run does — the strategy's Poisson sampling (ULS users or ELS kept examples),
+the node computation (`clients.compute.LinearWorker`: per-user or
+per-example clipping, sums), the transport, the server's validation, the
+per-release noise, the expected-count denominator and the ledger — and reads
+only what the run *publishes*: the released updates as handed to the
+release log. A bug in sampling, clipping, validation, sharding or noise then
+shows up as an empirical ε above the reported one.
+
+Canaries: m canary users, each with a random unit direction u_i and exactly
+k examples x = u_i, y = −M with M = 10⁶, so every example's gradient
+(x·w − y)·x is ≈ M·u_i and the user's (ULS) or each example's (ELS) clipped
+contribution is C·u_i. Each canary is in the population independently with
+probability ½, among `base-users` ordinary users of the linear task. The
+auditor scores s_i = Σ_t ⟨released update_t, u_i⟩ and computes two numbers:
+
+* **a lower bound** (Steinke, Nasr & Jagielski 2023): guess "in" for the
+  highest and "out" for the lowest scores; the number of correct guesses
+  gives an ε lower bound at the given confidence
+  (`fl_userdp.audit.lower_bound_from_scores`). Rigorous, but loose for
+  Gaussian mechanisms: it catches gross faults (noise σ/4, clipping C × 4).
+* **an estimate** (in the manner of Andrew et al. 2024, one-shot estimation
+  with random canary directions): the measured signal-to-noise ratio of the
+  canaries, (mean score in − mean score out) / sd of the scores out, against
+  the one the claimed mechanism gives, √T·E[J]/σ (E[J] = q for ULS, k·q for
+  ELS: a canary's expected clipped records per round). Their ratio ρ is 1
+  for a correct pipeline (a little below: other users' updates add
+  variance) and 2 or 4 for the faults below. ε_est is the ledger's ε for the
+  same run with σ/ρ_low, ρ_low the one-sided lower confidence bound of ρ, so
+  a correct run gives ε_est ≤ the reported ε with probability ≥ confidence.
+
+A run is flagged when either number exceeds the ledger's ε.
+
+Fault injection, for testing the auditor only (`fault`): "noise" adds σ/4
+noise while the ledger is told σ; "clip" lets nodes clip at 4C while the
+server validates at C; "sampling" samples at 2q while the ledger is told q.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fl_userdp.accounting import make_event
+from fl_userdp.audit import default_guess_counts, lower_bound_from_scores
+from fl_userdp.config import RunConfig, parse_config
+from fl_userdp.errors import ConfigError
+from fl_userdp.rng import rng_for
+
+FAULTS = ("none", "noise", "clip", "sampling")
+CANARY_LABEL = 1e6
+
+
+@dataclass(frozen=True)
+class PipelineAuditConfig:
+    mode: str = "uls"
+    canaries: int = 1000
+    dim: int = 2000
+    rounds: int = 30
+    base_users: int = 100
+    sampling_rate: float = 0.25      # users (ULS) or kept examples (ELS)
+    max_examples_per_user: int = 4   # k; every canary has exactly k examples
+    target_epsilon: float = 2.0      # σ is calibrated by the run's own calibration
+    delta: float = 1e-6
+    clip_norm: float = 1.0
+    users_per_node: int = 256
+    confidence: float = 0.95
+    seed: int = 0
+    fault: str = "none"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, value, req: str) -> None:
+            if not ok:
+                raise ConfigError(key, value, req)
+        need(self.mode in ("uls", "els"), "mode", self.mode, "must be 'uls' or 'els'")
+        need(self.canaries >= 20, "canaries", self.canaries, "must be >= 20")
+        need(self.base_users >= 1, "base-users", self.base_users, "must be >= 1")
+        need(self.fault in FAULTS, "fault", self.fault, f"must be one of {list(FAULTS)}")
+        need(0 < self.sampling_rate <= 0.5, "sampling-rate", self.sampling_rate,
+             "must be in (0, 0.5] (the 'sampling' fault doubles it)")
+        need(0 < self.confidence < 1, "confidence", self.confidence, "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class PipelineAuditResult:
+    mode: str
+    fault: str
+    epsilon_lower_bound: float
+    epsilon_estimate: float
+    snr_ratio: float            # ρ: measured / claimed canary signal-to-noise ratio
+    snr_ratio_lower: float      # its one-sided lower confidence bound
+    epsilon_reported: float
+    delta: float
+    confidence: float
+    noise_multiplier: float
+    guesses: int
+    correct: int
+    canaries: int
+    included: int
+    rounds: int
+    flagged: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CanaryCorpus:
+    """A LinearCorpus's users 0..B-1 followed by the included canaries (users B, B+1, ...)."""
+
+    def __init__(self, base, directions: np.ndarray, k: int) -> None:
+        self.base, self.directions, self.k = base, directions, k
+        self.num_base = int(base.num_users)
+        self.counts = np.concatenate([base.counts, np.full(len(directions), k, np.int64)])
+        self.num_users = int(self.counts.size)
+
+    def user_weights(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, np.int64)
+        out = np.zeros((users.size, self.directions.shape[1]))
+        real = users < self.num_base
+        if real.any():
+            out[real] = self.base.user_weights(users[real])
+        return out
+
+    def rows(self, owners: np.ndarray, local_ids: np.ndarray, user_weights: np.ndarray | None = None):
+        owners, local_ids = np.asarray(owners, np.int64), np.asarray(local_ids, np.int64)
+        x = np.empty((owners.size, self.directions.shape[1]))
+        y = np.empty(owners.size)
+        real = owners < self.num_base
+        if real.any():
+            x[real], y[real] = self.base.rows(owners[real], local_ids[real],
+                                              None if user_weights is None else user_weights[real])
+        x[~real] = self.directions[owners[~real] - self.num_base]
+        y[~real] = -CANARY_LABEL
+        return x, y
+
+    def heldout(self, limit: int | None = None):
+        return self.base.heldout(limit)
+
+
+def _run_config(a: PipelineAuditConfig, num_users: int, sampling_rate: float, clip_norm: float) -> RunConfig:
+    return parse_config({
+        "privacy.mode": a.mode, "privacy.sampling-rate": sampling_rate, "privacy.clip-norm": clip_norm,
+        "privacy.max-examples-per-user": a.max_examples_per_user, "privacy.delta": a.delta,
+        "privacy.target-epsilon": a.target_epsilon, "train.rounds": a.rounds, "train.server-optimizer": "sgd",
+        "train.server-lr": 1.0, "train.eval-every": 0, "model.name": "linear", "model.dim": a.dim,
+        "data.num-users": num_users, "data.heldout-users": 1, "sim.users-per-node": a.users_per_node,
+        "seed": a.seed})
+
+
+def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
+    """Run the audited training run with canaries; return the lower bound next to the ledger's ε."""
+    from clients.compute import LinearWorker
+    from fl_userdp.data import LinearCorpus
+
+    from .inprocess import InProcessTransport
+    from .runner import noise_multiplier
+    from .strategy import UserDPStrategy
+
+    rng = rng_for(a.seed, "audit", 0, 1)
+    directions = rng.standard_normal((a.canaries, a.dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    included = rng.random(a.canaries) < 0.5
+    base_cfg = _run_config(a, a.base_users, a.sampling_rate, a.clip_norm)
+    corpus = CanaryCorpus(LinearCorpus(base_cfg.data, base_cfg.model, a.seed), directions[included],
+                          a.max_examples_per_user)
+    cfg = _run_config(a, corpus.num_users, a.sampling_rate, a.clip_norm)   # what the ledger is told
+    sigma = noise_multiplier(cfg)
+    # what the code actually does (differs from cfg only under fault injection)
+    run_cfg = _run_config(a, corpus.num_users, a.sampling_rate * (2 if a.fault == "sampling" else 1), a.clip_norm)
+    node_cfg = _run_config(a, corpus.num_users, run_cfg.privacy.sampling_rate,
+                           a.clip_norm * (4 if a.fault == "clip" else 1))
+    strategy = UserDPStrategy(run_cfg, corpus.counts, [np.zeros(a.dim)], sigma / 4 if a.fault == "noise" else sigma)
+    strategy.event = make_event(a.mode, a.sampling_rate, sigma, a.max_examples_per_user)
+    released: list[np.ndarray] = []
+    strategy.journal = lambda entry, update: released.append(np.array(update, np.float64))
+    transport = InProcessTransport(node_cfg, LinearWorker(node_cfg, corpus))
+    for _ in range(a.rounds):
+        strategy.run_round(transport)
+    scores = directions @ np.sum(released, axis=0)
+    reported = strategy.epsilon()
+    eps_lb, r, correct = lower_bound_from_scores(scores, included, a.delta, a.confidence,
+                                                 default_guess_counts(a.canaries))
+    rho, rho_low = snr_ratio(scores, included, cfg, sigma, a.rounds, a.confidence)
+    eps_est = estimated_epsilon(cfg, sigma, rho_low, a.rounds)
+    return PipelineAuditResult(a.mode, a.fault, eps_lb, eps_est, rho, rho_low, reported, a.delta, a.confidence,
+                               sigma, r, correct, a.canaries, int(included.sum()), a.rounds,
+                               eps_lb > reported or eps_est > reported)
+
+
+def snr_ratio(scores: np.ndarray, included: np.ndarray, cfg: RunConfig, sigma: float, rounds: int,
+              confidence: float) -> tuple[float, float]:
+    """ρ = measured / claimed canary SNR, and its one-sided lower confidence bound (normal approximation)."""
+    from scipy import stats
+
+    p = cfg.privacy
+    per_round = p.sampling_rate * (p.max_examples_per_user if p.mode == "els" else 1)  # E[J], claimed
+    claimed = np.sqrt(rounds) * per_round / sigma
+    s_in, s_out = scores[included], scores[~included]
+    sd = float(np.std(s_out, ddof=1))
+    measured = (float(np.mean(s_in)) - float(np.mean(s_out))) / sd
+    se = np.sqrt(np.var(s_in, ddof=1) / s_in.size + np.var(s_out, ddof=1) / s_out.size) / sd
+    z = float(stats.norm.ppf(confidence))
+    return measured / claimed, (measured - z * se) / claimed
+
+
+def estimated_epsilon(cfg: RunConfig, sigma: float, rho_low: float, rounds: int) -> float:
+    """The ledger's ε for the run's event with σ / ρ_low (0 when ρ_low ≤ 0: no signal found)."""
+    from fl_userdp.accounting import UserLevelAccountant
+
+    if rho_low <= 0:
+        return 0.0
+    p = cfg.privacy
+    acc = UserLevelAccountant(p.delta, p.accountant)
+    return acc.compose(make_event(p.mode, p.sampling_rate, sigma / rho_low, p.max_examples_per_user), rounds)
