@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
             arrays = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
     except FileNotFoundError:
         raise ConfigError("--resume", str(path), "has no checkpoint") from None
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise ConfigError("--resume", str(path), f"is not a readable checkpoint ({err})") from None
     if meta.get("version") != VERSION:
         raise ConfigError("--resume", str(path), f"has checkpoint version {meta.get('version')!r}, expected {VERSION}")

@@ -105,23 +105,36 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
             raise ConfigError("--resume", str(path), "is not a readable release log; refusing to resume")
         if contents.run is not None:
             check_identity(contents.run, mcfg)
+            sigma, asked = float(contents.run["noise_multiplier"]), mcfg.privacy.noise_multiplier
+            if asked is not None and asked != sigma:
+                raise ConfigError("privacy.noise-multiplier", asked, f"differs from the run being resumed ({sigma!r})")
+            if not ckpt.exists():
+                gap = next((e["round"] for e in contents.releases if int(e["round"]) not in contents.updates), None)
+                if gap is not None:
+                    raise ConfigError("--resume", str(path), f"holds no update for round {gap} and no checkpoint "
+                                      "covers it; refusing to resume")
         if ckpt.exists():
-            meta, _ = load_checkpoint(ckpt)
+            meta, arrays = load_checkpoint(ckpt)
             check_identity(meta, mcfg)
             if contents.run is None:
                 raise ConfigError("--resume", str(path), "is missing but a checkpoint exists; refusing to resume "
                                   "(releases after the checkpoint could not be accounted)")
+            size = int(contents.run.get("size", -1))
+            if np.shape(arrays.get("weights")) != (size,):
+                raise ConfigError("--resume", list(np.shape(arrays.get("weights"))),
+                                  f"weights must have shape [{size}] (the run's release log)")
         elif contents.run is None and any(r.get("mode") == mode for r in report.read_records(out / report.METRICS)):
             raise ConfigError("--resume", str(ckpt), f"is missing but {out / report.METRICS} already holds {mode} "
                               "rounds; refusing to resume (the budget would reset); run without --resume to start over")
 
 
-def _check_fresh(out: Path, mode: str) -> None:
-    """A fresh start must not overwrite the record of releases already made."""
-    contents = read_log(log_path(out, mode))
-    if contents.releases:
-        raise ConfigError("--out", str(out), f"already holds {len(contents.releases)} released {mode} rounds "
-                          f"({log_path(out, mode).name}); continue them with --resume, or choose another --out")
+def check_fresh(out: str | Path, modes: list[str]) -> None:
+    """A fresh start must not overwrite the record of releases already made (ConfigError naming --out)."""
+    for mode in modes:
+        contents = read_log(log_path(out, mode))
+        if contents.releases:
+            raise ConfigError("--out", str(out), f"already holds {len(contents.releases)} released {mode} rounds "
+                              f"({log_path(out, mode).name}); continue them with --resume, or choose another --out")
 
 
 def _ledger_runs(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
@@ -167,7 +180,7 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         check_resume(cfg, out, [mode])
     contents = log.open() if resume and log.path.exists() else None
     if contents is None:
-        _check_fresh(out, mode)
+        check_fresh(out, [mode])
     sigma = float(contents.run["noise_multiplier"]) if contents else setup.sigmas.get(mode)
     if contents and cfg.privacy.noise_multiplier is not None and cfg.privacy.noise_multiplier != sigma:
         raise ConfigError("privacy.noise-multiplier", cfg.privacy.noise_multiplier,

@@ -58,15 +58,17 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from server import simulate
-    from server.runner import logged_sigma, prepare
+    from server.runner import check_fresh, check_resume, logged_sigma, prepare
 
     from .. import report
 
     console, t0 = Console(stderr=True), time.perf_counter()
     out = Path(cfg.out)
-    if a.resume:  # refuse an untrustworthy checkpoint before loading anything (one line, exit 2)
-        from server.runner import check_resume
+    # refuse untrustworthy state, or a fresh start over logged releases, before loading anything
+    if a.resume:
         check_resume(cfg, out, modes)
+    else:
+        check_fresh(out, modes)
     out.mkdir(parents=True, exist_ok=True)
     with console.status("loading data, building the model, calibrating noise…"):
         setup = prepare(cfg, modes, resume=a.resume)

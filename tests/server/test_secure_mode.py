@@ -1,0 +1,121 @@
+"""Secure mode (privacy.secure-mode): sampling and noise from OS entropy; seeded mode: noise per release.
+
+* seeded noise is the per-release generator's draw (reproducible: same release, same noise);
+* secure noise has scale σC, its coordinates are independent (also the two halves of one Box–Muller
+  vector), and it never repeats: not across runs with the same seed, not across rounds;
+* two secure runs with the same seed sample different cohorts, at the declared rate; seeded runs sample
+  the same ones; the ε trajectory does not depend on the mode.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fl_userdp.config import parse_config
+from fl_userdp.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
+from fl_userdp.sampling import poisson_users
+from server.strategy import NodeReply, UserDPStrategy
+
+SHAPES = [(200, 100), (5000,)]
+D = 25_000
+SIGMA, C = 1.3, 0.5
+ROUNDS = 3
+
+
+def cfg(secure: bool, **flat):
+    return parse_config({"privacy.secure-mode": secure, "privacy.noise-multiplier": SIGMA, "privacy.clip-norm": C,
+                         "privacy.sampling-rate": 0.2, "sim.users-per-node": 10, "train.server-optimizer": "sgd",
+                         "train.server-lr": 1.0, "train.rounds": ROUNDS, "seed": 11, **flat})
+
+
+def zero_replies(requests, weights):
+    """Every node answers with a zero sum: the released update is the noise alone."""
+    return {n: NodeReply([np.zeros(s) for s in SHAPES], r.users.size, r.count, 0) for n, r in requests.items()}
+
+
+def noise_per_round(c) -> tuple[list[np.ndarray], list[float]]:
+    """The noise each round released, in units of σC (SGD lr 1: Δw = -noise / expected count)."""
+    s = UserDPStrategy(c, np.full(100, 3), [np.zeros(sh, np.float32) for sh in SHAPES], SIGMA)
+    noises, eps = [], []
+    for _ in range(ROUNDS):
+        w0 = s.weights.copy()
+        rec = s.run_round(zero_replies)
+        noises.append((w0 - s.weights) * s.expected / (SIGMA * C))
+        eps.append(rec["epsilon"])
+    return noises, eps
+
+
+def assert_standard_normal_and_independent(z: np.ndarray) -> None:
+    assert abs(z.mean()) < 5 / np.sqrt(z.size)
+    assert z.std() == pytest.approx(1.0, rel=0.02)
+    assert stats.kstest(z, "norm").pvalue > 1e-6
+    half = z.size // 2
+    a, b = z[:half], z[half:2 * half]  # Box–Muller's cos and sin halves: independent, not equal or tied
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+    assert abs(np.corrcoef(a ** 2, b ** 2)[0, 1]) < 0.05  # independence, not only no linear correlation
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.05
+
+
+def test_seeded_noise_is_drawn_per_release_and_reproducible():
+    seeded, eps_seeded = noise_per_round(cfg(False))
+    again, _ = noise_per_round(cfg(False))
+    s = UserDPStrategy(cfg(False), np.full(100, 3), [np.zeros(sh, np.float32) for sh in SHAPES], SIGMA)
+    for rnd, z in enumerate(seeded, 1):
+        want = release_rng(11, "uls", rnd, SIGMA * C, s.expected, np.zeros(D)).standard_normal(D)
+        np.testing.assert_allclose(z, want, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(z, again[rnd - 1])
+        assert_standard_normal_and_independent(z)
+    assert abs(np.corrcoef(seeded[0], seeded[1])[0, 1]) < 0.05
+
+
+def test_secure_noise_scale_independence_no_repeats_same_epsilon():
+    seeded, eps_seeded = noise_per_round(cfg(False))
+    a, eps_a = noise_per_round(cfg(True))
+    b, eps_b = noise_per_round(cfg(True))
+    for z in a + b:
+        assert_standard_normal_and_independent(z)
+    for za, zb, zs in zip(a, b, seeded):
+        assert abs(np.corrcoef(za, zb)[0, 1]) < 0.05 and abs(np.corrcoef(za, zs)[0, 1]) < 0.05
+    assert abs(np.corrcoef(a[0], a[1])[0, 1]) < 0.05
+    assert eps_a == eps_b == eps_seeded and eps_a[0] < eps_a[1] < eps_a[2]
+
+
+def test_secure_normals_ignore_global_seeds_and_are_independent_within_a_vector():
+    np.random.seed(0)
+    x = secure_standard_normal(100_001)
+    np.random.seed(0)
+    y = secure_standard_normal(100_001)
+    assert x.shape == (100_001,) and np.all(np.isfinite(x)) and not np.array_equal(x, y)
+    assert_standard_normal_and_independent(x)
+    z = gaussian_noise(40_000, 2.5, SecureGenerator())
+    assert z.std() == pytest.approx(2.5, rel=0.03) and stats.kstest(z / 2.5, "norm").pvalue > 1e-6
+    with pytest.raises(ValueError):
+        gaussian_noise(3, 1.0, None)
+
+
+def test_secure_uniforms_and_binomials():
+    g = SecureGenerator()
+    u = g.random(200_000)
+    assert u.min() >= 0 and u.max() < 1 and stats.kstest(u, "uniform").pvalue > 1e-6
+    b = g.binomial(8, 0.25, 50_000)
+    assert b.min() >= 0 and b.max() <= 8 and b.mean() == pytest.approx(2.0, rel=0.02)
+
+
+def test_secure_runs_sample_different_cohorts_at_the_declared_rate():
+    """Anyone holding the seed recomputes a seeded run's cohorts; a secure run's are not derived from it."""
+    counts = np.full(2000, 3)
+    weights = [np.zeros(4, np.float32)]
+    def cohorts(secure: bool, mode: str = "uls"):
+        c = cfg(secure, **{"privacy.mode": mode, "privacy.max-examples-per-user": 2})
+        s = UserDPStrategy(c, counts, weights, SIGMA)
+        return [np.concatenate([r.users for r in s.sample(rnd).values()]) for rnd in (1, 2)]
+    for mode in ("uls", "els"):
+        s1, s2 = cohorts(True, mode), cohorts(True, mode)
+        assert not np.array_equal(s1[0], s2[0]) and not np.array_equal(s1[0], s1[1])
+        p1, p2 = cohorts(False, mode), cohorts(False, mode)
+        assert all(np.array_equal(x, y) for x, y in zip(p1, p2))
+    # Poisson at rate q: the cohort size over many draws is Binomial(N, q)
+    sizes = [poisson_users(SecureGenerator(), 2000, 0.2).size for _ in range(200)]
+    assert np.mean(sizes) == pytest.approx(400, rel=0.02)
+    assert np.std(sizes) == pytest.approx(np.sqrt(2000 * 0.2 * 0.8), rel=0.25)
