@@ -63,7 +63,8 @@ def test_ladder_still_stops_early_where_it_pays(work, event, steps):
 
 
 @pytest.mark.parametrize("q,sigma,h", [
-    (0.001, 0.8, 1e-4), (0.3, 3.0, 1e-4), (1.0, 3.0, 1e-4), (0.001, 3.0, 0.0064), (0.3, 0.8, 0.0064), (1.0, 0.8, 0.0064),
+    (0.001, 0.8, 1e-4), (0.3, 3.0, 1e-4), (1.0, 3.0, 1e-4),
+    (0.001, 3.0, 0.0064), (0.3, 0.8, 0.0064), (1.0, 0.8, 0.0064),
 ])
 def test_vectorised_uls_step_is_the_library_pld(q, sigma, h):
     """Our closed-form inverse on arrays gives dp_accounting's single-step PMFs (sparse ones compared densely)."""
