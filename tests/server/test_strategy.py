@@ -276,3 +276,24 @@ def test_checkpoint_without_ledger_or_with_wrong_count_is_refused(tmp_path):
 def test_no_users_is_a_config_error():
     with pytest.raises(ConfigError, match="data.num-users"):
         UserDPStrategy(make_cfg(), np.zeros(0, np.int64), zeros(), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+@pytest.mark.parametrize("excess", [1.5, 1 + 1e-6])
+def test_a_node_sum_above_its_exact_bound_is_scaled_to_it(mode, excess):
+    """One node answers count × C × excess: its contribution enters at exactly count × C (no slack)."""
+    cfg = make_cfg(**{"privacy.noise-multiplier": 0.0, "privacy.mode": mode, "privacy.max-examples-per-user": 2})
+    s = UserDPStrategy(cfg, np.full(100, 3), zeros(), 0.0)
+    reqs = s.sample(1)
+    node = sorted(reqs)[0]
+    bound = reqs[node].count * cfg.privacy.clip_norm
+    direction = user_vector(7) / np.linalg.norm(user_vector(7))
+
+    def transport(requests, weights):
+        return {node: NodeReply(split(direction * bound * excess), 1, 1, 0)}
+
+    rec = s.run_round(transport)
+    assert rec["nodes_replied"] == 1 and rec["rejected"] == 0
+    applied = -s.weights * s.expected  # SGD, lr 1, no noise: weights = -Σ / expected count
+    assert np.linalg.norm(applied) <= bound and np.linalg.norm(applied) == pytest.approx(bound, rel=1e-12)
+    assert rec["reclipped"] == (1 if excess > 1.0001 else 0)

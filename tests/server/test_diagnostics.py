@@ -1,0 +1,73 @@
+"""What a run publishes is labelled: the release (covered by the DP guarantee) vs diagnostics (training users'
+data without noise, outside it); with privacy.publish-diagnostics=false no output holds a diagnostic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fl_userdp import report
+from fl_userdp.cli import main
+from fl_userdp.release_log import log_path, read_log
+
+ARGS = ["compare", "--backend", "inprocess", "--no-progress", "--rounds", "2", "--set", "model.name=linear",
+        "--set", "model.dim=8", "--set", "data.num-users=40", "--set", "data.heldout-users=4",
+        "--set", "sim.users-per-node=10", "--set", "privacy.sampling-rate=0.3", "--set", "train.eval-every=1"]
+DIAGNOSTIC_KEYS = ("train_loss", "users_sampled", "users_replied", "examples_processed", "clipped_fraction",
+                   "failures", "nodes_replied", "wall_time")
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / report.METRICS).read_text().splitlines()]
+
+
+def outputs_text(out: Path) -> str:
+    return "".join((out / name).read_text() for name in ("metrics.jsonl", "summary.json", "summary.md"))
+
+
+def test_default_outputs_label_diagnostics(tmp_path, capsys):
+    out = tmp_path / "labelled"
+    assert main([*ARGS, "--out", str(out)]) == 0
+    console = capsys.readouterr()
+    for line in lines(out):
+        assert set(line) - {"diagnostics"} <= set(report.COVERED)
+        assert all(k in line["diagnostics"] for k in DIAGNOSTIC_KEYS)
+        assert line["eval_loss"] is not None and line["epsilon"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "OUTSIDE the guarantee" in summary["guarantee"]
+    for row in summary["modes"].values():
+        assert "final_train_loss" in row["diagnostics"] and "final_train_loss" not in row
+    assert "## Diagnostics (outside the DP guarantee" in (out / "summary.md").read_text()
+    assert "outside the DP guarantee" in console.out and "train*" in console.out
+    assert report.read_records(out / report.METRICS)[0]["train_loss"] is not None  # readers get them flat
+
+
+def test_publish_diagnostics_false_writes_only_what_the_guarantee_covers(tmp_path, capsys):
+    out = tmp_path / "covered"
+    assert main([*ARGS, "--out", str(out), "--set", "privacy.publish-diagnostics=false"]) == 0
+    console = capsys.readouterr()
+    for line in lines(out):
+        assert set(line) <= set(report.COVERED), set(line) - set(report.COVERED)
+    text = outputs_text(out)
+    for key in (*DIAGNOSTIC_KEYS, "\"diagnostics\"", "wall_time_total", "final_train_loss"):
+        assert key not in text, key
+    assert "no diagnostics were published" in json.loads((out / "summary.json").read_text())["guarantee"]
+    assert "train" not in console.out and "users" not in console.out
+    for mode in ("uls", "els"):  # the release log holds releases only
+        entries = read_log(log_path(out, mode)).releases
+        assert entries and all(set(e) <= {*report.COVERED, "event", "kind"} for e in entries)
+
+
+def test_unknown_record_keys_are_diagnostics_by_default():
+    line = report.split_record({"round": 1, "mode": "uls", "epsilon": 1.0, "my_new_stat": 3})
+    assert line == {"round": 1, "mode": "uls", "epsilon": 1.0, "diagnostics": {"my_new_stat": 3}}
+    assert "my_new_stat" not in report.split_record({"round": 1, "my_new_stat": 3}, publish_diagnostics=False)
+    assert report.flat_record(line)["my_new_stat"] == 3
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_bad_publish_diagnostics_value(capsys, tmp_path, value):
+    assert main([*ARGS, "--out", str(tmp_path / "x"), "--set", f"privacy.publish-diagnostics={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "privacy.publish-diagnostics" in err

@@ -1,0 +1,38 @@
+"""The pipeline audit: canaries through the real strategy and node code. It must not flag a correct run and
+must flag each injected fault (noise σ/4, clipping at 4C, sampling at 2q), in both modes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fl_userdp.cli import main
+from server.audit import PipelineAuditConfig, run_pipeline_audit
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+def test_correct_pipeline_is_not_flagged(mode):
+    res = run_pipeline_audit(PipelineAuditConfig(mode=mode))
+    assert not res.flagged
+    assert res.epsilon_lower_bound <= res.epsilon_reported and res.epsilon_estimate <= res.epsilon_reported
+    assert 0.5 < res.snr_ratio < 1.3      # the canaries' signal is what the claimed mechanism gives
+    assert 0.45 * res.canaries < res.included < 0.55 * res.canaries
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+@pytest.mark.parametrize("fault,min_ratio", [("noise", 2.0), ("clip", 2.0), ("sampling", 1.3)])
+def test_each_injected_fault_is_flagged(mode, fault, min_ratio):
+    res = run_pipeline_audit(PipelineAuditConfig(mode=mode, fault=fault))
+    assert res.flagged and res.epsilon_estimate > res.epsilon_reported
+    assert res.snr_ratio_lower > 1 and res.snr_ratio > min_ratio
+
+
+def test_cli_pipeline_json_and_exit_status(capsys):
+    assert main(["audit", "--pipeline", "--mode", "els", "--json", "--canaries", "400", "--dim", "800"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert not data["flagged"] and data["canaries"] == 400 and data["fault"] == "none"
+    assert main(["audit", "--pipeline", "--inject-fault", "noise", "--json"]) == 3
+    assert json.loads(capsys.readouterr().out)["flagged"]
+    assert main(["audit", "--pipeline", "--sampling-rate", "0.9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sampling-rate" in err
