@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fl_userdp import report
 from fl_userdp.cli import main
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def compare_run(tmp_path_factory):
 
 
 def records(out: Path):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return report.read_records(out / report.METRICS)
 
 
 @pytest.mark.parametrize("mode", ["uls", "els"])
@@ -48,7 +49,7 @@ def test_compare_runs_each_mode_through_ray(compare_run, mode):
         assert r["failures"] == 0 and r["rejected"] == 0
         assert r["users_replied"] == r["users_sampled"] and r["eval_loss"] is not None
         assert r["delta"] == 1e-5 and r["clip_norm"] == 1.0 and r["wall_time"] > 0
-    assert (out / f"checkpoint-{mode}.npz").exists()
+    assert (out / f"checkpoint-{mode}.npz").exists() and (out / f"releases-{mode}.log").exists()
 
 
 def test_compare_writes_summary_and_plot(compare_run):
