@@ -136,7 +136,7 @@ def run_one(name: str, cfg, log, no_train_loss: bool = True) -> None:
     from fl_userdp import report
     from fl_userdp.config import to_flat
     from server.inprocess import InProcessTransport
-    from server.checkpoint import checkpoint_path
+    from fl_userdp.release_log import log_path
     from server.runner import Setup, noise_multiplier, run_mode
 
     out, mode = Path(cfg.out), cfg.privacy.mode
@@ -162,11 +162,11 @@ def run_one(name: str, cfg, log, no_train_loss: bool = True) -> None:
     if done >= cfg.train.rounds:
         log(f"{name}: done ({done} rounds), skipped")
         return
-    resume = checkpoint_path(out, mode).exists()
+    resume = log_path(out, mode).exists()  # the release log is the run's record; resume replays it
     setup = Setup(np.asarray(worker.corpus.counts, np.int64), init, {mode: noise_multiplier(cfg)})
     counts = setup.counts
     per_step = cfg.privacy.sampling_rate * float(np.minimum(counts, cfg.privacy.max_examples_per_user).sum())
-    log(f"{name}: {mode.upper()} sigma={setup.sigmas[mode]:.4g}{' (the checkpoint σ wins)' if resume else ''} q={cfg.privacy.sampling_rate:g} "
+    log(f"{name}: {mode.upper()} sigma={setup.sigmas[mode]:.4g}{' (the logged σ wins)' if resume else ''} q={cfg.privacy.sampling_rate:g} "
         f"k={cfg.privacy.max_examples_per_user} N={len(counts)} expected examples/step {per_step:.2f} "
         f"{'resuming' if resume else 'starting'} ({done} rounds in metrics)")
 

@@ -7,7 +7,10 @@ skipped). In these files a speech is a paragraph whose first line is the
 speaker's name (or abbreviation) ending in a period, alone on its line
 (`Ham.`, `FIRST WITCH.`), followed by the speech's lines, ended by a blank line.
 Stage directions (`[Exit.]`, `[Aside.]`) are removed. A **user** is a
-(play, speaker) pair, named `"<play>/<SPEAKER>"`; an **example** is one speech.
+(play, speaker) pair, named `"<play>/<SPEAKER>"`. The parsers return each
+user's speeches; the corpus then tokenises a user's speeches and packs them
+into rows of `model.seq-len` tokens, and a training **example** (what ELS
+samples and k caps) is one such row, not a speech.
 
 **tinyshakespeare** (`NAME:` on its own line, then the speech, blank line):
 a user is a speaker name (the file carries no play titles, so a name that
