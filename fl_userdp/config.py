@@ -80,6 +80,8 @@ class SimConfig:
     cpus_per_node: float = 1.0
     num_cpus: int = 2                 # for a locally started Ray
     reply_timeout: float = 300.0      # seconds; late replies count as failures
+    max_failed_fraction: float = 0.5  # a round "fails" when more than this fraction of its nodes fail...
+    max_failed_rounds: int = 3        # ...and this many failed rounds in a row stop the run (0: never stop)
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(s.cpus_per_node > 0, "sim.cpus-per-node", s.cpus_per_node, "must be > 0")
     need(s.num_cpus >= 1, "sim.num-cpus", s.num_cpus, "must be >= 1")
     need(s.reply_timeout > 0, "sim.reply-timeout", s.reply_timeout, "must be > 0")
+    need(0 <= s.max_failed_fraction < 1, "sim.max-failed-fraction", s.max_failed_fraction, "must be in [0, 1)")
+    need(s.max_failed_rounds >= 0, "sim.max-failed-rounds", s.max_failed_rounds, "must be >= 0")
     need(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     need(cfg.checkpoint_every >= 0, "checkpoint-every", cfg.checkpoint_every, "must be >= 0")
     return cfg

@@ -76,6 +76,7 @@ class ModeResult:
     stop_reason: str | None
     resumed_from: int = 0
     strategy: UserDPStrategy | None = None
+    failed: bool = False  # stopped by the failure policy (sim.max-failed-fraction / -rounds)
 
 
 def _log_of(out: Path, mode: str) -> ReleaseLog:
@@ -210,12 +211,14 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
             on_record(rec)
         if cfg.checkpoint_every and strategy.round % cfg.checkpoint_every == 0:
             save()
+        if strategy.failure_stop:  # released and logged; the run stops here, resumable
+            break
     save()
     if strategy.stop_reason and records:  # the last released round carries why the run stopped there
         records[-1] = {**records[-1], "stop_reason": strategy.stop_reason}
         report.replace_mode_records(metrics, mode, records, publish)
     return ModeResult(mode, strategy.noise_multiplier, records, strategy.epsilon(), strategy.stop_reason,
-                      start, strategy)
+                      start, strategy, strategy.failure_stop)
 
 
 def _restore_records(metrics: Path, strategy: UserDPStrategy, contents: LogContents | None,

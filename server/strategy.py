@@ -22,6 +22,9 @@ Round r (`run_round`):
   8. step    — server optimizer with the noisy mean as the gradient estimate
   9. eval    — held-out loss every train.eval-every rounds (and at the last round)
  10. record  — one flat dict per round (`fl_userdp.report` labels what the DP guarantee covers)
+ 11. health  — more than sim.max-failed-fraction of the nodes failed (or were rejected) in
+               sim.max-failed-rounds rounds in a row: stop after this (released) round. The decision
+               reads failure counts only, never the data or the release.
 
 `replay(entry, update)` applies a logged release again (resume): steps 6 and 8 only.
 """
@@ -138,6 +141,8 @@ class UserDPStrategy:
         self.round = 0
         self.stop_reason: str | None = None
         self.journal: Journal | None = None  # set by the runner: the write-ahead release log
+        self.failed_streak = 0               # consecutive rounds over sim.max-failed-fraction
+        self.failure_stop = False
 
     @property
     def budget(self) -> tuple[float, str] | None:
@@ -242,6 +247,8 @@ class UserDPStrategy:
         every = self.cfg.train.eval_every
         due = evaluate is not None and every > 0 and (rnd % every == 0 or rnd == self.cfg.train.rounds)
         eval_loss = evaluate(self.weights_list()) if due else None
+        # 11. health: stop after a streak of rounds where most nodes failed (counts only)
+        self.check_health(rnd, st["failures"] + st["rejected"], len(requests))
         # 10. record
         return {
             **self.release_record(rnd, eps), "eval_loss": eval_loss,
@@ -255,6 +262,17 @@ class UserDPStrategy:
             "failures": st["failures"], "rejected": st["rejected"], "reclipped": st["reclipped"],
             "wall_time": time.perf_counter() - t0,
         }
+
+    def check_health(self, rnd: int, failed: int, requested: int) -> None:
+        """Count a round in which more than max-failed-fraction of the requested nodes failed; after
+        max-failed-rounds such rounds in a row, set the stop reason (the run stops after this round)."""
+        s = self.cfg.sim
+        self.failed_streak = self.failed_streak + 1 if requested and failed > s.max_failed_fraction * requested else 0
+        if s.max_failed_rounds and self.failed_streak >= s.max_failed_rounds:
+            self.failure_stop = True
+            self.stop_reason = (f"node failures: more than {s.max_failed_fraction:g} of the nodes failed in "
+                                f"{self.failed_streak} rounds in a row (round {rnd}: {failed} of {requested}); "
+                                f"stopped after round {rnd}")
 
     def release_record(self, rnd: int, eps: float) -> dict[str, Any]:
         """The part of a round's record that the DP guarantee covers (no user data beyond the release)."""

@@ -129,6 +129,10 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         console.print(f"{mode.upper()}: final eval loss {'-' if ev is None else f'{ev:.4f}'}, "
                       f"ε = {'inf' if eps is None else f'{eps:.4f}'} at δ = {row['delta']:g}")
     console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {plot} in {wall:.0f} s")
+    if any(res.failed for res in results):  # the failure policy stopped a mode: resumable, but not a success
+        console.print("[red]stopped by node failures[/]: the state is saved; fix the cluster and continue with "
+                      "--resume")
+        return 4
     return 0
 
 

@@ -55,3 +55,18 @@ def test_flwr_run_config_is_the_schema():
     flat = flatten_toml(app["config"])
     assert set(flat) == set(SCHEMA)
     assert parse_config(flat) == parse_config({})
+
+
+def test_failure_policy_stop_exits_4_and_resumes(tmp_path, capsys, monkeypatch):
+    from server import inprocess
+
+    args = ["run", "--mode", "uls", "--backend", "inprocess", "--no-progress", "--rounds", "6", "--out",
+            str(tmp_path), "--set", "model.name=linear", "--set", "data.num-users=40", "--set",
+            "sim.users-per-node=5", "--set", "privacy.sampling-rate=0.5", "--set", "sim.max-failed-rounds=2"]
+    honest = inprocess.InProcessTransport.__call__
+    monkeypatch.setattr(inprocess.InProcessTransport, "__call__", lambda self, reqs, w: {})  # every node silent
+    assert main(args) == 4
+    err = capsys.readouterr().err
+    assert "node failures" in err and "stopped after round 2" in err and "--resume" in err
+    monkeypatch.setattr(inprocess.InProcessTransport, "__call__", honest)
+    assert main([*args, "--resume"]) == 0

@@ -297,3 +297,36 @@ def test_a_node_sum_above_its_exact_bound_is_scaled_to_it(mode, excess):
     applied = -s.weights * s.expected  # SGD, lr 1, no noise: weights = -Σ / expected count
     assert np.linalg.norm(applied) <= bound and np.linalg.norm(applied) == pytest.approx(bound, rel=1e-12)
     assert rec["reclipped"] == (1 if excess > 1.0001 else 0)
+
+
+def test_failure_policy_stops_after_a_streak_of_failed_rounds(tmp_path):
+    """More than max-failed-fraction of the nodes failing in max-failed-rounds rounds in a row stops the run
+    after the last (released, logged, accounted) round; a round below the fraction resets the streak."""
+    cfg = make_cfg(**{"sim.users-per-node": 1, "privacy.sampling-rate": 0.5, "train.rounds": 20,
+                      "sim.max-failed-fraction": 0.5, "sim.max-failed-rounds": 3})
+    pattern = {1: 0.9, 2: 0.9, 3: 0.1, 4: 0.9, 5: 0.9, 6: 0.9, 7: 0.0}  # fraction of nodes failing per round
+
+    class Flaky(HonestTransport):
+        def __call__(self, requests, weights):
+            rnd = next(iter(requests.values())).round
+            nodes = sorted(requests)
+            self.fail = set(nodes[: int(round(pattern[rnd] * len(nodes)))])
+            return super().__call__(requests, weights)
+
+    setup = Setup(np.full(100, 3), zeros(), {"uls": 1.0})
+    res = run_mode(cfg, setup, Flaky(cfg), None, tmp_path)
+    assert [r["round"] for r in res.records] == [1, 2, 3, 4, 5, 6] and res.failed
+    assert "node failures" in res.stop_reason and "stopped after round 6" in res.stop_reason
+    assert res.strategy.accountant.steps == 6
+    assert load_checkpoint(checkpoint_path(tmp_path, "uls"))[0]["round"] == 6
+    # resumable: the next run continues at round 7 with the same ledger
+    more = run_mode(cfg, setup, HonestTransport(cfg), None, tmp_path, resume=True)
+    assert more.resumed_from == 6 and more.records[-1]["round"] == 20 and not more.failed
+
+
+@pytest.mark.parametrize("flat,key", [({"sim.max-failed-fraction": 1.0}, "sim.max-failed-fraction"),
+                                      ({"sim.max-failed-rounds": -1}, "sim.max-failed-rounds")])
+def test_failure_policy_values_are_checked(flat, key):
+    with pytest.raises(ConfigError) as err:
+        make_cfg(**flat)
+    assert err.value.key == key
