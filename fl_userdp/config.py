@@ -82,6 +82,7 @@ class SimConfig:
     reply_timeout: float = 300.0      # seconds; late replies count as failures
     max_failed_fraction: float = 0.5  # a round "fails" when more than this fraction of its nodes fail...
     max_failed_rounds: int = 3        # ...and this many failed rounds in a row stop the run (0: never stop)
+    max_restarts: int = 3             # engine restarts after a lost Ray worker (resuming from the release log)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(s.reply_timeout > 0, "sim.reply-timeout", s.reply_timeout, "must be > 0")
     need(0 <= s.max_failed_fraction < 1, "sim.max-failed-fraction", s.max_failed_fraction, "must be in [0, 1)")
     need(s.max_failed_rounds >= 0, "sim.max-failed-rounds", s.max_failed_rounds, "must be >= 0")
+    need(s.max_restarts >= 0, "sim.max-restarts", s.max_restarts, "must be >= 0")
     need(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     need(cfg.checkpoint_every >= 0, "checkpoint-every", cfg.checkpoint_every, "must be >= 0")
     return cfg

@@ -22,6 +22,16 @@ from .runner import ModeResult, Setup, prepare, run_mode
 from .strategy import NodeFailure, NodeReply, NodeRequest, with_mode
 
 NODE_WAIT_S = 120.0
+# How a reply says that the Ray worker (ClientApp actor) running the node is gone, not that the node failed.
+WORKER_LOST_MARKERS = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "actor died",
+                       "WorkerCrashedError")
+
+
+class WorkerLost(RuntimeError):
+    """A ClientApp actor died: the engine's actor pool keeps handing work to it, so restart the engine.
+
+    Raised while collecting a round, before anything of that round is released: the run resumes from its
+    release log on a fresh engine and computes the round again (nothing of it was published)."""
 PULL_INTERVAL_S = 0.005  # Flower's in-memory grid sleeps 0.1 s between polls for replies: ~0.05 s lost per round
 
 
@@ -84,6 +94,10 @@ class GridTransport:
             if part is None:
                 continue
             out[part] = self._parse(rep)
+        lost = [p for p, r in out.items() if isinstance(r, NodeFailure) and worker_lost(r.reason)]
+        if lost:
+            rnd = next(iter(requests.values())).round
+            raise WorkerLost(f"round {rnd}: the Ray worker of node(s) {lost[:5]} died ({out[lost[0]].reason[:120]})")
         return out  # partitions without a reply timed out
 
     @staticmethod
@@ -107,6 +121,10 @@ class GridTransport:
                 loss = float(rep.content["metrics"]["eval-loss"])
                 return loss if np.isfinite(loss) else None
         return None
+
+
+def worker_lost(reason: str) -> bool:
+    return any(m in reason for m in WORKER_LOST_MARKERS)
 
 
 def serve(grid: Grid, cfg: RunConfig, modes: list[str], setup: Setup | None = None, resume: bool = False,

@@ -3,7 +3,11 @@
 `run(cfg, modes)` prepares the server state (fails fast on bad input), starts
 one simulation with ⌈N / users-per-node⌉ nodes, runs every mode in it (ULS
 then ELS for compare: one Ray start), shows progress, and returns the
-per-mode results. `sim.ray-address` (or `ray_address=`) attaches to a running
+per-mode results. When a Ray worker (a ClientApp actor) dies, Flower's actor
+pool keeps handing messages to the dead actor, so the run would decay to a
+fraction of its nodes: instead the round in progress is abandoned before
+release (`server.app.WorkerLost`), the engine is started afresh and the run
+resumes from its release log (at most `sim.max-restarts` times). `sim.ray-address` (or `ray_address=`) attaches to a running
 Ray cluster (`auto` or host:port) instead of starting a local one. Ray
 workers run with one thread (OMP_NUM_THREADS=1) unless the caller set it.
 """
@@ -41,24 +45,37 @@ def _quiet_flower(quiet: bool):
 
 def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, ray_address: str | None = None,
         setup: Setup | None = None, on_record: Callable[[dict[str, Any]], None] | None = None,
-        on_mode: Callable[[str, float], None] | None = None, quiet: bool = True) -> list[ModeResult]:
+        on_mode: Callable[[str, float], None] | None = None, quiet: bool = True,
+        on_restart: Callable[[str, int], None] | None = None) -> list[ModeResult]:
     """Run `modes` (e.g. ["uls", "els"]) for cfg on the simulation engine; outputs in cfg.out."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # inherited by locally started Ray workers
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's future default (leave accelerator env vars alone when num_gpus=0), which also silences its
+    # FutureWarning at every start; our actors request no GPU
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
 
-    from .app import build_server_app
+    from .app import WorkerLost, build_server_app
 
     setup = setup or prepare(cfg, modes, resume)
     num_nodes = -(-len(setup.counts) // cfg.sim.users_per_node)
-    sink: dict[str, Any] = {}
-    server_app = build_server_app(cfg, modes, setup, resume, on_record, on_mode, sink)
-    with _quiet_flower(quiet):
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
-                       backend_config=backend_config(cfg, ray_address))
+    for attempt in range(cfg.sim.max_restarts + 1):
+        sink: dict[str, Any] = {}
+        server_app = build_server_app(cfg, modes, setup, resume or attempt > 0, on_record, on_mode, sink)
+        with _quiet_flower(quiet):
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
+                           backend_config=backend_config(cfg, ray_address))
+        if isinstance(sink.get("error"), WorkerLost) and attempt < cfg.sim.max_restarts:
+            logging.getLogger("fl_userdp").warning("%s; restarting the engine and resuming from the release log "
+                                                   "(restart %d of at most %d)", sink["error"], attempt + 1,
+                                                   cfg.sim.max_restarts)
+            if on_restart:
+                on_restart(str(sink["error"]), attempt + 1)
+            continue
+        break
     if "error" in sink:
         raise sink["error"]
     if "results" not in sink:

@@ -106,7 +106,11 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
             from server import inprocess
             results = inprocess.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
         else:
-            results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
+            def on_restart(why: str, n: int) -> None:
+                console.print(f"[yellow]lost a Ray worker[/] ({why}); restart {n}: a fresh engine resumes from "
+                              "the release log")
+            results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode,
+                                   on_restart=on_restart)
 
     records = [r for res in results for r in res.records]
     stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]
