@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from fl_userdp import report
 from fl_userdp.cli import main
+from ray_procs import actor_pids
 
 pytestmark = pytest.mark.slow
 
@@ -66,32 +68,82 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_attach_to_a_running_ray_cluster(tmp_path):
-    """Start our own head node (own temp dir and port), run 2 rounds through it, stop that node."""
+def _ray_node(args: list[str], log_path: Path, env: dict) -> subprocess.Popen:
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    return subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", *args],
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _wait_for(log_path: Path, proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a `ray start --block` we started (its own process group), by PID."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def test_two_node_ray_cluster_on_loopback(tmp_path):
+    """A Ray head and a second Ray node on loopback (own temp dir, free ports), started and stopped here by PID;
+    the run attaches with --ray-address, its ClientApp actors run under both raylets, and after one actor is
+    SIGKILLed the run heals (a fresh attachment resumes from the release log) and finishes."""
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    log = open(tmp_path / "head.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             f"--temp-dir={temp_dir}", "--num-cpus=2", "--include-dashboard=false",
-                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    head = _ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+                      "--num-cpus=1", "--include-dashboard=false",
+                      f"--min-worker-port={port + 100}", f"--max-worker-port={port + 199}"], tmp_path / "head.log", env)
+    second = None
+    seen: dict[str, set[int]] = {"head": set(), "second": set()}
     try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (tmp_path / "head.log").read_text():
-            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()
-            time.sleep(0.5)
-        out = tmp_path / "out"
-        rc = main(["run", "--mode", "uls", "--rounds", "2", "--out", str(out),
-                   "--ray-address", f"127.0.0.1:{port}", *SMALL])
-        assert rc == 0
-        assert [r["round"] for r in records(out)] == [1, 2]
-    finally:
-        head.send_signal(signal.SIGTERM)
+        _wait_for(tmp_path / "head.log", head, "Ray runtime started")
+        second = _ray_node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                            f"--min-worker-port={port + 200}", f"--max-worker-port={port + 299}"],
+                           tmp_path / "second.log", env)
+        _wait_for(tmp_path / "second.log", second, "Ray runtime started")
+        out, rounds, killed = tmp_path / "out", 8, {}
+        stop = threading.Event()
+
+        def watch() -> None:  # which raylet's process tree the actors live in; kill one after round 2
+            while not stop.is_set():
+                for name, proc in (("head", head), ("second", second)):
+                    seen[name].update(actor_pids(proc.pid))
+                done = len(report.read_records(out / report.METRICS)) if (out / report.METRICS).exists() else 0
+                if done >= 2 and not killed and seen["second"]:
+                    victim = sorted(seen["second"])[0]
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                        killed["after"] = done
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=30)
-        log.close()
+            rc = main(["run", "--mode", "uls", "--rounds", str(rounds), "--out", str(out),
+                       "--ray-address", f"127.0.0.1:{port}", *SMALL])
+        finally:
+            stop.set()
+            watcher.join(timeout=10)
+        assert rc == 0
+        assert seen["head"] and seen["second"], seen       # actors ran under both raylets
+        recs = records(out)
+        assert [r["round"] for r in recs] == list(range(1, rounds + 1))
+        assert killed, "no actor of the second node was killed"
+        for r in recs[killed["after"] + 3:]:
+            assert r["nodes_replied"] >= 0.9 * r["nodes_requested"]
+    finally:
+        if second is not None:
+            _stop(second)
+        _stop(head)
         shutil.rmtree(temp_dir, ignore_errors=True)

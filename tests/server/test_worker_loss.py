@@ -14,39 +14,11 @@ import pytest
 
 from fl_userdp import report
 from fl_userdp.release_log import log_path, read_log
+from ray_procs import actor_pids
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 24
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def actor_pids(pid: int) -> list[int]:
-    found = []
-    for p in descendants(pid):
-        try:
-            if b"ClientAppActor" in Path(f"/proc/{p}/cmdline").read_bytes():
-                found.append(p)
-        except OSError:
-            pass
-    return found
 
 
 def test_run_heals_after_an_actor_is_killed(tmp_path):
