@@ -1,6 +1,7 @@
 """Users' own data: JSONL, CSV, Parquet, LEAF JSON, datasets folder; clear errors naming file and column."""
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -67,15 +68,14 @@ def test_leaf_without_user_data_names_file(tmp_path):
         read_users(tmp_path / "bad.json")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="datasets not installed")
-def test_datasets_folder(tmp_path):
+def test_datasets_folder(tmp_path):  # `datasets` is in the test extras: the real save_to_disk round trip
     import datasets
     datasets.Dataset.from_list([{"user": str(r["user"]), "text": r["text"]} for r in ROWS]).save_to_disk(tmp_path / "ds")
     assert read_users(tmp_path / "ds") == EXPECTED
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
-def test_datasets_folder_without_package_says_pip_install(tmp_path):
+def test_datasets_folder_without_package_says_pip_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: `import datasets` fails
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "state.json").write_text("{}")
     with pytest.raises(ConfigError, match="pip install datasets"):
