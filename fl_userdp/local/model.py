@@ -29,16 +29,13 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .pretrained import resolve_device
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CACHE: dict[tuple[ModelConfig, int], nn.Module] = {}
 _PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 
 
-def resolve_device(model_cfg: ModelConfig) -> torch.device:
-    if model_cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(model_cfg.device)
 
 
 def _tiny_base(model_cfg: ModelConfig) -> nn.Module:

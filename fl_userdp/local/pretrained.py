@@ -29,9 +29,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(model_cfg: ModelConfig) -> torch.device:
+    """`model.device` as a torch device ("auto": CUDA when present); ConfigError when CUDA is asked for but
+    this torch has none, or the index is out of range."""
     if model_cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(model_cfg.device)
+    device = torch.device(model_cfg.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("model.device", model_cfg.device, "needs CUDA, which this machine's torch does not have "
+                              "(use 'cpu' or 'auto')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("model.device", model_cfg.device, f"names a GPU this machine does not have "
+                              f"({torch.cuda.device_count()} visible)")
+    return device
 
 
 def check_model_path(name: str) -> Path:

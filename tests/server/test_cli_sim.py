@@ -70,3 +70,14 @@ def test_failure_policy_stop_exits_4_and_resumes(tmp_path, capsys, monkeypatch):
     assert "node failures" in err and "stopped after round 2" in err and "--resume" in err
     monkeypatch.setattr(inprocess.InProcessTransport, "__call__", honest)
     assert main([*args, "--resume"]) == 0
+
+
+def test_cuda_device_without_cuda_is_refused_with_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", "--backend", "inprocess", "--rounds", "1", "--out", str(tmp_path), "--no-progress",
+                 "--set", "model.device=cuda", "--set", "data.num-users=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.device" in err and "'cuda'" in err and "Traceback" not in err
