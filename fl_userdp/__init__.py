@@ -6,3 +6,7 @@ live in `fl_userdp.local`; Flower lives in the top-level `clients` and
 `server` packages.
 """
 __version__ = "0.1.0"
+
+from .api import ModeRun, SimulationResult, simulate  # noqa: E402  (light: heavy imports happen inside)
+
+__all__ = ["ModeRun", "SimulationResult", "simulate", "__version__"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -228,8 +229,12 @@ class UserDPStrategy:
             return None
         # 1. sample
         requests = self.sample(rnd)
-        # 2./3. send to the nodes with sampled users and collect
-        replies = transport(requests, self.weights_list()) if requests else {}
+        # 2./3. send to the nodes with sampled users and collect; meanwhile the ledger works out its next ε
+        # (a function of the events only, never of the data), so step 6 finds it ready
+        with ThreadPoolExecutor(1) as ahead:
+            next_eps = ahead.submit(self.accountant.epsilon_after, self.event)
+            replies = transport(requests, self.weights_list()) if requests else {}
+            next_eps.result()
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
         # 5. noise once (drawn for this release only), divide by the expected count

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, load_config_file, parse_config, to_flat
+from ..config import RunConfig, load_config_file, parse_config
 from ..errors import ConfigError
 
 
@@ -54,13 +54,14 @@ def _commit() -> str | None:
 
 
 def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace, name: str) -> int:
+    """The CLI over `fl_userdp.simulate`: checks, a header, live progress, the side-by-side table."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from server import simulate
     from server.runner import check_fresh, check_resume, logged_sigma, prepare
 
     from .. import report
+    from ..api import simulate
 
     console, t0 = Console(stderr=True), time.perf_counter()
     out = Path(cfg.out)
@@ -101,39 +102,26 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         if a.no_progress:
             console.print(f"  {rec['mode'].upper()} round {rec['round']}: {info}")
 
-    with progress:
-        if getattr(a, "backend", "ray") == "inprocess":
-            from server import inprocess
-            results = inprocess.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode)
-        else:
-            def on_restart(why: str, n: int) -> None:
-                console.print(f"[yellow]lost a Ray worker[/] ({why}); restart {n}: a fresh engine resumes from "
-                              "the release log")
-            results = simulate.run(cfg, modes, resume=a.resume, setup=setup, on_record=on_record, on_mode=on_mode,
-                                   on_restart=on_restart)
+    def on_restart(why: str, n: int) -> None:
+        console.print(f"[yellow]lost a Ray worker[/] ({why}); restart {n}: a fresh engine resumes from the release log")
 
-    records = [r for res in results for r in res.records]
-    stops = [f"{res.mode}: {res.stop_reason}" for res in results if res.stop_reason]
-    wall = time.perf_counter() - t0
-    extra = {"command": f"fl-userdp {name}", "commit": _commit(), "seed": cfg.seed, "config": to_flat(cfg),
-             "noise_multipliers": {r.mode: r.noise_multiplier for r in results}, "stop_reasons": stops,
-             "expected_examples_per_step": per_step}  # q·Σ min(n_u, k): public by assumption, as expected_count
-    if publish:
-        extra.update(diagnostics={"wall_time_total": wall})
-    summary = report.summarize(records, extra, publish)
-    report.write_summary(out, summary)
-    plot = report.plot(records, out / "plot.png", publish)
+    with progress:
+        res = simulate(cfg, modes, getattr(a, "backend", "ray"), out, resume=a.resume, setup=setup,
+                       on_record=on_record, on_mode=on_mode, on_restart=on_restart,
+                       summary_extra={"command": f"fl-userdp {name}", "commit": _commit()})
+
     table_console = Console()
     table_console.width = max(table_console.width, 110)  # the side-by-side table needs ~100 columns
-    table_console.print(report.side_by_side(records, publish))
-    for s in stops:
+    table_console.print(report.side_by_side(res.records, publish))
+    for s in res.summary["stop_reasons"]:
         console.print(f"[yellow]stopped[/] {s}")
-    for mode, row in summary["modes"].items():
+    for mode, row in res.summary["modes"].items():
         eps, ev = row["epsilon"], row["final_eval_loss"]
         console.print(f"{mode.upper()}: final eval loss {'-' if ev is None else f'{ev:.4f}'}, "
                       f"ε = {'inf' if eps is None else f'{eps:.4f}'} at δ = {row['delta']:g}")
-    console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {plot} in {wall:.0f} s")
-    if any(res.failed for res in results):  # the failure policy stopped a mode: resumable, but not a success
+    console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {out / 'plot.png'} in "
+                  f"{time.perf_counter() - t0:.0f} s")
+    if any(run.failed for run in res.modes.values()):  # the failure policy stopped a mode: resumable
         console.print("[red]stopped by node failures[/]: the state is saved; fix the cluster and continue with "
                       "--resume")
         return 4

@@ -1,0 +1,150 @@
+"""The Python API: run a simulation from a notebook or a script, get the results in memory.
+
+    import fl_userdp
+    res = fl_userdp.simulate({"train.rounds": 5, "data.num-users": 256}, backend="inprocess")
+    res["uls"].epsilons, res["els"].records[-1]["eval_loss"], res["uls"].weights
+
+`simulate` takes the same keys as the CLI (a flat dict of run-config keys, or
+a `RunConfig`) and runs the same code (`server.runner.run_mode` over the
+Flower simulation engine on Ray, or over the in-process transport). With
+`out` it writes the usual files there (release logs, metrics.jsonl,
+checkpoints, summary, plot) and can `resume`; without it the run's files live
+in a temporary folder that is removed afterwards (the release log still
+guards the run while it runs), and only the returned object remains.
+
+This module imports nothing heavy at import time: Flower, Ray and torch are
+loaded when a simulation starts.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .config import RunConfig, parse_config, to_flat
+from .errors import ConfigError
+
+BACKENDS = ("ray", "inprocess")
+
+
+@dataclass(frozen=True)
+class ModeRun:
+    """One mode's run: per-round records (flat: release and diagnostics), the ε after every round, the
+    final trainable weights (in the model's trainable order), σ, and why it stopped early (if it did)."""
+
+    mode: str
+    noise_multiplier: float
+    records: list[dict[str, Any]]
+    epsilons: list[float]
+    weights: list[np.ndarray]
+    stop_reason: str | None = None
+    failed: bool = False          # stopped by the failure policy (sim.max-failed-*)
+    resumed_from: int = 0
+
+    @property
+    def epsilon(self) -> float:
+        return self.epsilons[-1] if self.epsilons else 0.0
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    config: RunConfig
+    modes: dict[str, ModeRun] = field(default_factory=dict)
+    out: Path | None = None       # where the files are (None: nothing was kept)
+    summary: dict[str, Any] | None = None
+
+    def __getitem__(self, mode: str) -> ModeRun:
+        return self.modes[mode]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [r for run in self.modes.values() for r in run.records]
+
+
+def as_config(config: RunConfig | Mapping[str, Any] | None) -> RunConfig:
+    """A RunConfig from a RunConfig, a flat dict of run-config keys (validated), or None (the defaults)."""
+    if config is None:
+        return parse_config({})
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(dict(config))
+    raise ConfigError("config", type(config).__name__, "must be a RunConfig or a dict of run-config keys")
+
+
+def simulate(config: RunConfig | Mapping[str, Any] | None = None, modes: Sequence[str] | None = ("uls", "els"),
+             backend: str = "ray", out: str | Path | None = None, *, resume: bool = False,
+             ray_address: str | None = None, setup=None,
+             on_record: Callable[[dict[str, Any]], None] | None = None,
+             on_mode: Callable[[str, float], None] | None = None,
+             on_restart: Callable[[str, int], None] | None = None,
+             summary_extra: Mapping[str, Any] | None = None) -> SimulationResult:
+    """Run `modes` (default ULS then ELS, as `fl-userdp compare`; None: the config's privacy.mode) of `config`.
+
+    backend: "ray" (Flower's simulation engine; `ray_address` attaches to a cluster) or "inprocess" (the
+    same server and node computations in this process). Raises ConfigError (naming the key and value) for bad
+    input, before anything runs.
+    """
+    cfg = as_config(config)
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, f"must be one of {list(BACKENDS)}")
+    modes = [cfg.privacy.mode] if modes is None else list(modes)
+    if not modes or any(m not in ("uls", "els") for m in modes):
+        raise ConfigError("modes", modes, "must be a non-empty list of 'uls' and 'els'")
+    if resume and out is None:
+        raise ConfigError("out", None, "is required to resume (the run's release logs are there)")
+    from server.runner import check_fresh, check_resume, prepare
+
+    tmp = None
+    if out is None:
+        tmp = Path(tempfile.mkdtemp(prefix="fl-userdp-"))
+        out = tmp / "run"
+    cfg = replace(cfg, out=str(out))
+    try:
+        if resume:
+            check_resume(cfg, out, modes)
+        else:
+            check_fresh(out, modes)
+        setup = setup or prepare(cfg, modes, resume=resume)
+        if backend == "inprocess":
+            from server import inprocess
+            results = inprocess.run(cfg, modes, resume=resume, setup=setup, on_record=on_record, on_mode=on_mode)
+        else:
+            from server import simulate as engine
+            results = engine.run(cfg, modes, resume=resume, ray_address=ray_address, setup=setup,
+                                 on_record=on_record, on_mode=on_mode, on_restart=on_restart)
+        runs = {res.mode: _mode_run(res) for res in results}
+        summary = None if tmp else _write_outputs(cfg, runs, setup, summary_extra)
+        return SimulationResult(cfg, runs, None if tmp else Path(out), summary)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mode_run(res) -> ModeRun:
+    s = res.strategy
+    history = list(s.accountant.history) if s is not None else [r.get("epsilon") for r in res.records]
+    return ModeRun(res.mode, res.noise_multiplier, list(res.records), history,
+                   s.weights_list() if s is not None else [], res.stop_reason, res.failed, res.resumed_from)
+
+
+def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mapping[str, Any] | None) -> dict:
+    """summary.json / summary.md and plot.png next to the metrics (labelled: see fl_userdp.report)."""
+    from . import report
+
+    publish = cfg.privacy.publish_diagnostics
+    q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
+    records = [r for run in runs.values() for r in run.records]
+    stops = [f"{run.mode}: {run.stop_reason}" for run in runs.values() if run.stop_reason]
+    base = {"seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": {m: r.noise_multiplier for m, r in runs.items()},
+            "stop_reasons": stops,
+            # q·Σ min(n_u, k): public by assumption, as the expected count
+            "expected_examples_per_step": q * float(np.minimum(setup.counts, k).sum())}
+    summary = report.summarize(records, {**base, **dict(extra or {})}, publish)
+    report.write_summary(cfg.out, summary)
+    report.plot(records, Path(cfg.out) / "plot.png", publish)
+    return summary
