@@ -19,7 +19,10 @@ ledger or written anywhere else. So:
 
 Framing of an entry: b"FLRL", header length (uint32 LE), payload length
 (uint64 LE), the JSON header, the payload bytes, SHA-256 of header + payload.
-A tail that is cut short or fails its checksum ends the log.
+A last entry that is cut short (or, being last, fails its checksum: a write
+the crash interrupted) is a torn tail, dropped on reading; a damaged entry
+with data after it is corruption, and the log is refused rather than cut
+(cutting would forget releases that were made and published).
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ class LogContents:
     releases: list[dict[str, Any]] = field(default_factory=list)
     updates: dict[int, np.ndarray] = field(default_factory=dict)
     valid_bytes: int = 0      # length of the readable prefix
-    torn: bool = False        # a cut-short or corrupt tail was found after it
+    torn: bool = False        # the last entry was cut short (a write the crash interrupted)
+    corrupt: bool = False     # a damaged entry with more data after it
 
     @property
     def last_round(self) -> int:
@@ -78,12 +82,15 @@ def read_log(path: str | Path) -> LogContents:
             break
         magic, hlen, plen = _FRAME.unpack_from(data, pos)
         end = pos + _FRAME.size + hlen + plen + 32
-        if magic != MAGIC or end > len(data):
+        if magic != MAGIC:
+            out.corrupt = True
+            break
+        if end > len(data):
             out.torn = True
             break
         body = data[pos + _FRAME.size: end - 32]
         if hashlib.sha256(body).digest() != data[end - 32: end]:
-            out.torn = True
+            out.torn, out.corrupt = end == len(data), end < len(data)
             break
         header = json.loads(body[:hlen])
         if header.get("kind") == "run":
@@ -134,6 +141,9 @@ class ReleaseLog:
     def open(self) -> LogContents:
         """Read the log for continuing it; a damaged tail (a release nobody saw) is cut off."""
         contents = read_log(self.path)
+        if contents.corrupt:
+            raise ConfigError("--resume", str(self.path), f"is damaged after {len(contents.releases)} releases "
+                              "(an entry with data after it fails its checksum); refusing to resume")
         if contents.run is None:
             raise ConfigError("--resume", str(self.path), "is not a readable release log (no run entry)")
         if contents.run.get("version") != VERSION:

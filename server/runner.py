@@ -102,8 +102,17 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
     for mode in modes:
         mcfg, ckpt, path = with_mode(cfg, mode), checkpoint_path(out, mode), log_path(out, mode)
         contents = read_log(path)
+        if contents.corrupt:
+            raise ConfigError("--resume", str(path), f"is damaged after {len(contents.releases)} releases (an "
+                              "entry with data after it fails its checksum); refusing to resume")
         if path.exists() and contents.run is None:
             raise ConfigError("--resume", str(path), "is not a readable release log; refusing to resume")
+        published = [int(r.get("round", 0)) for r in report.read_records(out / report.METRICS)
+                     if r.get("mode") == mode]
+        if contents.run is not None and published and max(published) > contents.last_round:
+            raise ConfigError("--resume", str(path), f"ends at round {contents.last_round} but "
+                              f"{report.METRICS} holds {mode} round {max(published)}: releases were made that the "
+                              "log lost; refusing to resume")
         if contents.run is not None:
             check_identity(contents.run, mcfg)
             sigma, asked = float(contents.run["noise_multiplier"]), mcfg.privacy.noise_multiplier
@@ -130,12 +139,18 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
 
 
 def check_fresh(out: str | Path, modes: list[str]) -> None:
-    """A fresh start must not overwrite the record of releases already made (ConfigError naming --out)."""
+    """A fresh start must not overwrite the record of releases already made: a release log with releases, a
+    checkpoint or metrics records of the mode (ConfigError naming --out)."""
+    out = Path(out)
+    metrics = report.read_records(out / report.METRICS)
     for mode in modes:
         contents = read_log(log_path(out, mode))
-        if contents.releases:
-            raise ConfigError("--out", str(out), f"already holds {len(contents.releases)} released {mode} rounds "
-                              f"({log_path(out, mode).name}); continue them with --resume, or choose another --out")
+        held = (f"{len(contents.releases)} released {mode} rounds ({log_path(out, mode).name})" if contents.releases
+                else f"a {mode} checkpoint ({checkpoint_path(out, mode).name})" if checkpoint_path(out, mode).exists()
+                else f"{mode} rounds in {report.METRICS}" if any(r.get("mode") == mode for r in metrics) else None)
+        if held:
+            raise ConfigError("--out", str(out), f"already holds {held}; continue them with --resume, or choose "
+                              "another --out")
 
 
 def _ledger_runs(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:

@@ -75,3 +75,15 @@ def test_refuses_logs_it_cannot_trust(tmp_path):
         log.append(entry(r), data.updates[r])
     with pytest.raises(ConfigError, match="out of order"):
         log.open()
+
+
+def test_a_damaged_entry_with_data_after_it_is_refused_not_cut(tmp_path):
+    """Cutting there would forget releases that were made: the log is refused and left as it is."""
+    log = filled(tmp_path)
+    data = bytearray(log.path.read_bytes())
+    data[len(data) // 3] ^= 1          # inside an early entry
+    log.path.write_bytes(bytes(data))
+    assert read_log(log.path).corrupt
+    with pytest.raises(ConfigError, match="damaged after"):
+        log.open()
+    assert log.path.read_bytes() == bytes(data)

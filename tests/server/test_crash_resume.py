@@ -261,3 +261,23 @@ def test_a_calibrated_target_is_the_budget_and_resume_keeps_sigma(tmp_path, caps
     assert [r["round"] for r in records(out)] == [1, 2, 3, 4] and records(out)[-1]["epsilon"] <= 2.0
     # the target is the budget: resuming with another one is refused
     refused(capsys, calibrated(out, 40, "--resume", "--set", "privacy.target-epsilon=3"), "privacy.target-epsilon")
+
+
+def test_releases_the_log_lost_or_a_fresh_start_over_a_checkpoint_are_refused(tmp_path, reference, capsys):
+    out = tmp_path / "out"
+    copy_run(reference, out)
+    log = log_path(out, "els")
+    blob = log.read_bytes()
+    # the log lost its last releases (truncated at an entry boundary) while metrics.jsonl had published them
+    contents = read_log(log)
+    from fl_userdp.release_log import ReleaseLog
+    short = ReleaseLog(tmp_path / "short.log")
+    short.start(contents.run)
+    for entry in contents.releases[:7]:
+        short.append(entry, contents.updates.get(entry["round"], np.zeros(1)))
+    log.write_bytes(short.path.read_bytes())
+    refused(capsys, run_args(out, ROUNDS + 2, "--resume"), "releases were made that the log lost")
+    # a fresh start where a checkpoint (or metrics) of the mode remains, even without the log
+    log.unlink()
+    refused(capsys, run_args(out), "--out", "already holds a els checkpoint")
+    log.write_bytes(blob)
