@@ -233,7 +233,7 @@ class LinearWorker:
     def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
             with_loss: bool = True) -> Contribution:
         """All sampled users at once: choose ≤ k examples each, one CSR, per-user updates, clip, sum."""
-        from fl_userdp.clipping import clip_factors
+        from fl_userdp.clipping import clip_factors, finite
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         if users.size == 0:
@@ -243,7 +243,7 @@ class LinearWorker:
         offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=users.size))])
         upd, loss = self._updates(cfg, w, x, y, offsets)
         norms = np.sqrt(np.einsum("ud,ud->u", upd, upd))
-        total = clip_factors(norms, cfg.privacy.clip_norm) @ upd
+        total = clip_factors(norms, cfg.privacy.clip_norm) @ finite(upd)
         return Contribution(total, int(users.size), int(owner.size), int(np.sum(norms > cfg.privacy.clip_norm)),
                             float(loss.sum()) if with_loss else None)
 
@@ -265,16 +265,16 @@ class LinearWorker:
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
             example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
         """Σ of per-example clipped gradients (x·w − y)·x of the sampled kept examples."""
-        from fl_userdp.clipping import clip_factors
+        from fl_userdp.clipping import clip_factors, finite
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         owners = np.repeat(users, np.diff(offsets))
         x, y = self.corpus.rows(owners, example_ids)
         resid = x @ w - y
         norms = np.abs(resid) * np.sqrt(np.einsum("ed,ed->e", x, x))
-        f = clip_factors(norms, cfg.privacy.clip_norm)
+        coef = finite(clip_factors(norms, cfg.privacy.clip_norm) * resid)  # 0 for a non-finite record
         loss = float(np.sum(0.5 * resid ** 2)) if with_loss and owners.size else None
-        return Contribution((f * resid) @ x, int(users.size), int(owners.size),
+        return Contribution(coef @ finite(x), int(users.size), int(owners.size),
                             int(np.sum(norms > cfg.privacy.clip_norm)), loss)
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:

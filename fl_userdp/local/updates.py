@@ -215,10 +215,10 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
     for lo in range(0, examples.shape[0], chunk_size):
         grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method, pad_id)
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
-        factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-12), max=1.0)
+        factors = _clip_factors(norms, clip_norm, 1e-12)
         clipped += int((norms > clip_norm).sum())
         for acc, g in zip(total, grads):
-            acc += torch.einsum("b,b...->...", factors, g)
+            acc += torch.einsum("b,b...->...", factors, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
     return _flat_cpu(total), clipped
 
 
@@ -297,10 +297,16 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
                   for e in user_examples]
         per_user = [torch.stack([d[j].reshape(-1) for d in deltas]) for j in range(len(params))]
     norms = torch.sqrt(sum(u.double().pow(2).sum(dim=1) for u in per_user))
-    factors = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
+    factors = _clip_factors(norms, clip_norm, 1e-300)
     for acc, u in zip(total, per_user):
-        acc += factors @ u.double()
+        acc += factors @ torch.nan_to_num(u.double(), nan=0.0, posinf=0.0, neginf=0.0)
     return _flat_cpu(total), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
+
+
+def _clip_factors(norms: torch.Tensor, clip_norm: float, tiny: float) -> torch.Tensor:
+    """min(1, C/‖g‖) per record, 0 for a non-finite norm (as `fl_userdp.clipping.clip_factors`)."""
+    factors = torch.clamp(clip_norm / torch.clamp(norms, min=tiny), max=1.0)
+    return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 
 @torch.no_grad()
