@@ -56,6 +56,7 @@ class SimulationResult:
     modes: dict[str, ModeRun] = field(default_factory=dict)
     out: Path | None = None       # where the files are (None: nothing was kept)
     summary: dict[str, Any] | None = None
+    epsilon_all_modes: float | None = None  # the modes' releases of the same users, composed (2+ modes)
 
     def __getitem__(self, mode: str) -> ModeRun:
         return self.modes[mode]
@@ -118,11 +119,27 @@ def simulate(config: RunConfig | Mapping[str, Any] | None = None, modes: Sequenc
             results = engine.run(cfg, modes, resume=resume, ray_address=ray_address, setup=setup,
                                  on_record=on_record, on_mode=on_mode, on_restart=on_restart)
         runs = {res.mode: _mode_run(res) for res in results}
-        summary = None if tmp else _write_outputs(cfg, runs, setup, summary_extra)
-        return SimulationResult(cfg, runs, None if tmp else Path(out), summary)
+        joint = joint_epsilon(results, cfg.privacy.delta) if len(results) > 1 else None
+        extra = {**dict(summary_extra or {}), **({"epsilon_all_modes": joint} if joint is not None else {})}
+        summary = None if tmp else _write_outputs(cfg, runs, setup, extra)
+        return SimulationResult(cfg, runs, None if tmp else Path(out), summary, joint)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def joint_epsilon(results, delta: float) -> float | None:
+    """ε of all modes' releases together (they are of the same users, with independent randomness): the PLD
+    composition of every mode's ledger at δ. None when a ledger cannot say which events it holds."""
+    from .accounting import epsilon_for
+
+    runs = []
+    for res in results:
+        held = getattr(res.strategy.accountant, "runs", None) if res.strategy is not None else None
+        if held is None:
+            return None
+        runs += list(held)
+    return epsilon_for(runs, delta, "pld")
 
 
 def _mode_run(res) -> ModeRun:
@@ -141,10 +158,10 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
     records = [r for run in runs.values() for r in run.records]
     stops = [f"{run.mode}: {run.stop_reason}" for run in runs.values() if run.stop_reason]
     base = {"seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": {m: r.noise_multiplier for m, r in runs.items()},
-            "stop_reasons": stops,
-            # q·Σ min(n_u, k): public by assumption, as the expected count
-            "expected_examples_per_step": q * float(np.minimum(setup.counts, k).sum())}
-    summary = report.summarize(records, {**base, **dict(extra or {})}, publish)
+            "stop_reasons": stops}
+    if "els" in runs:  # q·Σ min(n_u, k): public by assumption, as ELS's expected count
+        base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum())
+    summary = report.summarize(records, {**base, **dict(extra or {})}, publish, cfg.privacy.secure_mode)
     report.write_summary(cfg.out, summary)
     report.plot(records, Path(cfg.out) / "plot.png", publish)
     return summary

@@ -33,11 +33,24 @@ METRICS = "metrics.jsonl"
 DIAGNOSTICS = "diagnostics"
 COVERED = ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count", "eval_loss",
            "stop_reason")
-GUARANTEE = ("user-level (epsilon, delta)-DP covers the weights and checkpoints, the release log, and in "
+GUARANTEE = ("user-level (epsilon, delta)-DP, each mode at its own epsilon (epsilon_all_modes: all modes of the "
+             "folder together), covers the weights and checkpoints, the release log, and in "
              "metrics/summary/plot/console: round, mode, epsilon, delta, noise_multiplier, clip_norm, "
              "expected_count, stop_reason and eval_loss (held-out users); everything under 'diagnostics' is "
              "computed from training users' data without noise and is OUTSIDE the guarantee")
-GUARANTEE_NO_DIAGNOSTICS = GUARANTEE.split("; everything")[0] + "; no diagnostics were published"
+LIMITS = ("it protects the training users (after the held-out split and the data.num-users cap); the population "
+          "size and n_k = sum min(n_u, k) are treated as public; when a run stops on node failures or restarts "
+          "its engine, that point depends on failures and is outside the guarantee")
+SEEDED = ("SEEDED run (reproducible): its cohorts and noise derive from the seed recorded in these outputs, so "
+          "the guarantee holds only against someone who does not know that seed, and runs sharing a seed share "
+          "cohorts; for outputs meant to be released use privacy.secure-mode=true")
+SECURE = "secure mode: cohorts and noise were drawn from the operating system's CSPRNG, not from the seed"
+
+
+def guarantee(publish_diagnostics: bool = True, secure_mode: bool = False) -> str:
+    """The guarantee statement written into every summary (and shown by `fl-userdp` at the end of a run)."""
+    head = GUARANTEE if publish_diagnostics else GUARANTEE.split("; everything")[0] + "; no diagnostics were published"
+    return f"{head}. Limits: {LIMITS}. {SECURE if secure_mode else SEEDED}."
 
 
 def split_record(record: dict[str, Any], publish_diagnostics: bool = True) -> dict[str, Any]:
@@ -135,7 +148,7 @@ def by_mode(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 # -- summary ---------------------------------------------------------------------
 def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
-              publish_diagnostics: bool = True) -> dict[str, Any]:
+              publish_diagnostics: bool = True, secure_mode: bool = False) -> dict[str, Any]:
     """Per mode: rounds, final/best eval loss, final ε at δ, σ; diagnostics (train loss, counts, clipped
     fraction, failures, wall time) in their own group, or left out."""
     modes = {}
@@ -161,7 +174,7 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
                 "rejected": sum(r.get("rejected") or 0 for r in rows),
                 "wall_time": sum(r.get("wall_time") or 0.0 for r in rows),
             }
-    return {"guarantee": GUARANTEE if publish_diagnostics else GUARANTEE_NO_DIAGNOSTICS, "modes": modes,
+    return {"guarantee": guarantee(publish_diagnostics, secure_mode), "modes": modes,
             **(extra or {})}
 
 
@@ -178,9 +191,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     cols = ["rounds", "final_eval_loss", "best_eval_loss", "epsilon", "delta", "noise_multiplier", "stop_reason"]
     diag_cols = ["final_train_loss", "mean_users_sampled", "mean_examples_processed", "mean_clipped_fraction",
                  "failures", "wall_time"]
-    lines = ["# fl-userdp run summary", "", f"- guarantee: {summary.get('guarantee', GUARANTEE)}"]
-    for key in ("command", "commit", "seed", "stop_reasons"):
-        if summary.get(key):
+    lines = ["# fl-userdp run summary", "", f"- guarantee: {summary.get('guarantee', guarantee())}"]
+    for key in ("command", "commit", "seed", "epsilon_all_modes", "stop_reasons"):
+        if summary.get(key) not in (None, [], ""):
             lines.append(f"- {key}: {summary[key]}")
     lines += ["", "## Release (covered by the DP guarantee)", "",
               "| mode | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -227,13 +240,12 @@ def plot(records: Sequence[dict[str, Any]], path: str | Path, publish_diagnostic
     delta = next((row.get("delta") for row in records), None)
     ax_loss.set(xlabel="round", ylabel="loss", title="loss vs round")
     if publish_diagnostics and any(r.get("train_loss") is not None for r in records):
-        ax_loss.text(0.01, 0.01, "train loss: a diagnostic outside the DP guarantee", transform=ax_loss.transAxes,
-                     fontsize=7, alpha=0.7)
+        fig.text(0.01, 0.005, "train loss (dashed): a diagnostic outside the DP guarantee", fontsize=7, alpha=0.7)
     ax_eps.set(xlabel="round", ylabel="user-level ε" + (f" (δ={delta:g})" if delta else ""), title="ε vs round")
     for ax in (ax_loss, ax_eps):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)

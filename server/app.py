@@ -174,7 +174,7 @@ def main(grid: Grid, context: Context) -> None:
     records = [r for res in results for r in res.records]
     report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
                                                                                if r.stop_reason]},
-                                                   cfg.privacy.publish_diagnostics))
+                                                   cfg.privacy.publish_diagnostics, cfg.privacy.secure_mode))
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
               f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))

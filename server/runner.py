@@ -230,6 +230,8 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
             break
     save()
     if strategy.stop_reason and records:  # the last released round carries why the run stopped there
+        if evaluate is not None and records[-1].get("eval_loss") is None and cfg.train.eval_every > 0:
+            records[-1] = {**records[-1], "eval_loss": evaluate(strategy.weights_list())}  # the final weights
         records[-1] = {**records[-1], "stop_reason": strategy.stop_reason}
         report.replace_mode_records(metrics, mode, records, publish)
     return ModeResult(mode, strategy.noise_multiplier, records, strategy.epsilon(), strategy.stop_reason,
@@ -248,7 +250,8 @@ def _restore_records(metrics: Path, strategy: UserDPStrategy, contents: LogConte
     have = {int(r["round"]) for r in records}
     lost = [e for e in (contents.releases if contents else []) if int(e["round"]) not in have]
     records = [{k: v for k, v in r.items() if k != "stop_reason"} for r in records]
-    records += [{k: v for k, v in e.items() if k in report.COVERED} for e in lost]
+    records += [{**{k: v for k, v in e.items() if k in report.COVERED and k != "eval_loss"}, "eval_loss": None}
+                for e in lost]
     records.sort(key=lambda r: int(r["round"]))
     report.replace_mode_records(metrics, mode, records, publish)
     return records

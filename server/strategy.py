@@ -86,6 +86,8 @@ Transport = Callable[[Mapping[int, NodeRequest], list[np.ndarray]], Mapping[int,
 Evaluator = Callable[[list[np.ndarray]], "float | None"]
 Journal = Callable[[dict[str, Any], np.ndarray], None]  # (ledger entry, released update): durable on return
 
+MODE_KEYS = {"uls": 1, "els": 2}  # per-mode random streams
+
 # Keys that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "train.eval-every", "privacy.max-epsilon")
 
@@ -110,6 +112,9 @@ def check_identity(meta: dict[str, Any], cfg: RunConfig) -> None:
     saved, now = meta.get("identity", {}), identity(cfg)
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
+            if key == "privacy.target-epsilon" and key not in saved and "noise_multiplier" in meta:
+                raise ConfigError("privacy.noise-multiplier", "auto", f"must be the run's fixed σ to resume it: "
+                                  f"--set privacy.noise-multiplier={meta['noise_multiplier']!r}")
             raise ConfigError(key, now.get(key), f"differs from the checkpoint ({saved.get(key)!r}); refusing to resume")
 
 
@@ -171,7 +176,9 @@ class UserDPStrategy:
         """This round's requests, keyed by node (partition) id: a function of (seed, round), or fresh OS
         entropy in secure mode; never of the data."""
         p, U = self.cfg.privacy, self.users_per_node
-        rng, q = SecureGenerator() if p.secure_mode else rng_for(self.cfg.seed, "sampling", rnd), p.sampling_rate
+        # each mode draws its own cohorts: the releases of ULS and ELS in one compare are independent mechanisms
+        rng = SecureGenerator() if p.secure_mode else rng_for(self.cfg.seed, "sampling", rnd, key=MODE_KEYS[self.mode])
+        q = p.sampling_rate
         if self.mode == "uls":
             users = poisson_users(rng, self.num_users, q)
             return {int(g[0] // U): NodeRequest("uls", rnd, g)
@@ -276,8 +283,7 @@ class UserDPStrategy:
         if s.max_failed_rounds and self.failed_streak >= s.max_failed_rounds:
             self.failure_stop = True
             self.stop_reason = (f"node failures: more than {s.max_failed_fraction:g} of the nodes failed in "
-                                f"{self.failed_streak} rounds in a row (round {rnd}: {failed} of {requested}); "
-                                f"stopped after round {rnd}")
+                                f"{self.failed_streak} rounds in a row; stopped after round {rnd}")
 
     def release_record(self, rnd: int, eps: float) -> dict[str, Any]:
         """The part of a round's record that the DP guarantee covers (no user data beyond the release)."""

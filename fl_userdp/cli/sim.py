@@ -74,10 +74,10 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     with console.status("loading data, building the model, calibrating noise…"):
         setup = prepare(cfg, modes, resume=a.resume)
     q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
-    per_step = q * float(sum(min(int(n), k) for n in setup.counts))
+    per_step = q * float(sum(min(int(n), k) for n in setup.counts))  # ELS's expected count: public by assumption
     console.print(f"[bold]{name}[/]: {len(setup.counts)} users, {-(-len(setup.counts) // cfg.sim.users_per_node)} "
-                  f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}, "
-                  f"expected examples/step {per_step:.1f}")
+                  f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}"
+                  + (f", expected examples/step {per_step:.1f}" if "els" in modes else ""))
     publish = cfg.privacy.publish_diagnostics
     for mode, sigma in setup.sigmas.items():
         logged = logged_sigma(out, mode) if a.resume else None
@@ -86,9 +86,9 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}"
                       + (", secure mode (sampling and noise from OS entropy)" if cfg.privacy.secure_mode else ""))
 
+    timing = [TimeElapsedColumn()] if publish else []  # timings are diagnostics
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                        disable=a.no_progress)
+                        TextColumn("{task.fields[info]}"), *timing, console=console, disable=a.no_progress)
     tasks = {m: progress.add_task(f"{m.upper()} rounds", total=cfg.train.rounds, info="", start=False) for m in modes}
 
     def on_mode(mode: str, sigma: float) -> None:
@@ -103,7 +103,8 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
             console.print(f"  {rec['mode'].upper()} round {rec['round']}: {info}")
 
     def on_restart(why: str, n: int) -> None:
-        console.print(f"[yellow]lost a Ray worker[/] ({why}); restart {n}: a fresh engine resumes from the release log")
+        detail = f" (diagnostic: {why})" if publish else ""
+        console.print(f"[yellow]lost a Ray worker[/]{detail}; restart {n}: a fresh engine resumes from the release log")
 
     with progress:
         res = simulate(cfg, modes, getattr(a, "backend", "ray"), out, resume=a.resume, setup=setup,
@@ -119,8 +120,12 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         eps, ev = row["epsilon"], row["final_eval_loss"]
         console.print(f"{mode.upper()}: final eval loss {'-' if ev is None else f'{ev:.4f}'}, "
                       f"ε = {'inf' if eps is None else f'{eps:.4f}'} at δ = {row['delta']:g}")
-    console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {out / 'plot.png'} in "
-                  f"{time.perf_counter() - t0:.0f} s")
+    if res.epsilon_all_modes is not None:
+        console.print(f"all modes together (the same users' releases, composed): ε = {res.epsilon_all_modes:.4f} "
+                      f"at δ = {cfg.privacy.delta:g}")
+    took = f" in {time.perf_counter() - t0:.0f} s (a diagnostic)" if publish else ""
+    console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {out / 'plot.png'}{took}")
+    console.print(f"[dim]{res.summary['guarantee']}[/]")
     if any(run.failed for run in res.modes.values()):  # the failure policy stopped a mode: resumable
         console.print("[red]stopped by node failures[/]: the state is saved; fix the cluster and continue with "
                       "--resume")

@@ -204,6 +204,9 @@ def test_other_config_and_fresh_start_over_releases_are_refused(tmp_path, refere
             "privacy.clip-norm", "refusing to resume")
     refused(capsys, run_args(out, ROUNDS + 2, "--resume", "--set", "privacy.noise-multiplier=2"),
             "privacy.noise-multiplier")
+    args = run_args(out, ROUNDS + 2, "--resume")
+    at = args.index("privacy.noise-multiplier=1.0")
+    refused(capsys, args[:at - 1] + args[at + 1:], "privacy.noise-multiplier", "the run's fixed σ", "=1.0")
     before = read_log(log_path(out, "els")).releases
     refused(capsys, run_args(out), "--out", "already holds 10 released els rounds", "--resume")
     assert read_log(log_path(out, "els")).releases == before
@@ -220,7 +223,7 @@ def test_budget_stop_through_the_cli(tmp_path, capsys):
     assert [r["round"] for r in recs] == [1, 2] and len(read_log(log_path(out, "els")).releases) == 2
     assert recs[-1]["epsilon"] == pytest.approx(eps[1], rel=1e-9) and recs[-1]["epsilon"] <= max_eps
     assert "max-epsilon" in recs[-1]["stop_reason"] and "stopped after round 2" in recs[-1]["stop_reason"]
-    assert "stop_reason" not in recs[0]
+    assert "stop_reason" not in recs[0] and recs[-1]["eval_loss"] is not None  # the final weights are evaluated
     summary = json.loads((out / "summary.json").read_text())
     row = summary["modes"]["els"]
     assert row["rounds"] == 2 and row["epsilon"] == recs[-1]["epsilon"] and "max-epsilon" in row["stop_reason"]
