@@ -144,7 +144,7 @@ def joint_epsilon(results, delta: float) -> float | None:
 
 def _mode_run(res) -> ModeRun:
     s = res.strategy
-    history = list(s.accountant.history) if s is not None else [r.get("epsilon") for r in res.records]
+    history = [r.get("epsilon") if r.get("epsilon") is not None else float("inf") for r in res.records]
     return ModeRun(res.mode, res.noise_multiplier, list(res.records), history,
                    s.weights_list() if s is not None else [], res.stop_reason, res.failed, res.resumed_from)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     sampling_rate: float = 0.03125    # users (ULS) or kept examples (ELS)
     max_examples_per_user: int = 8    # k
-    accountant: str = "pld"           # "pld" | "rdp" | "group"
+    accountant: str = "pld"           # "pld" | "rdp" | "group" | "package.module:Factory" (a plug-in ledger)
     max_epsilon: float | None = None  # budget stop; None = no stop
     secure_mode: bool = False         # sampling and noise from OS entropy (not from the seed)
     publish_diagnostics: bool = True  # False: outputs hold only what the DP guarantee covers
@@ -115,6 +116,7 @@ def _flat_schema() -> dict[str, tuple[str | None, str, Any]]:
 SCHEMA = _flat_schema()
 # Old names still accepted (mapped to the current key; outputs use the current one).
 ALIASES = {"privacy.secure-noise": "privacy.secure-mode"}
+_PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # as fl_userdp.accounting.plugins.SPEC
 _OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon"}
 
 
@@ -173,7 +175,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
     need(0 < p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate, "must be in (0, 1]")
     need(p.max_examples_per_user >= 1, "privacy.max-examples-per-user", p.max_examples_per_user, "must be >= 1")
-    need(p.accountant in ("pld", "rdp", "group"), "privacy.accountant", p.accountant, "must be 'pld', 'rdp' or 'group'")
+    need(p.accountant in ("pld", "rdp", "group") or _PLUGIN.match(p.accountant) is not None, "privacy.accountant",
+         p.accountant, "must be 'pld', 'rdp', 'group' or a plug-in 'package.module:Factory'")
     need(not (p.accountant == "rdp" and p.mode == "els"), "privacy.accountant", p.accountant,
          "'rdp' has no analysis of the ELS mixture event; use 'pld' or 'group'")
     need(not (p.accountant == "group" and p.mode == "uls"), "privacy.accountant", p.accountant,

@@ -208,10 +208,10 @@ def snr_ratio(scores: np.ndarray, included: np.ndarray, cfg: RunConfig, sigma: f
 
 def estimated_epsilon(cfg: RunConfig, sigma: float, rho_low: float, rounds: int) -> float:
     """The ledger's ε for the run's event with σ / ρ_low (0 when ρ_low ≤ 0: no signal found)."""
-    from fl_userdp.accounting import UserLevelAccountant
+    from fl_userdp.accounting import epsilon_for
 
     if rho_low <= 0:
         return 0.0
     p = cfg.privacy
-    acc = UserLevelAccountant(p.delta, p.accountant)
-    return acc.compose(make_event(p.mode, p.sampling_rate, sigma / rho_low, p.max_examples_per_user), rounds)
+    event = make_event(p.mode, p.sampling_rate, sigma / rho_low, p.max_examples_per_user)
+    return epsilon_for([(event, rounds)], p.delta, p.accountant)

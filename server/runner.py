@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 
 from fl_userdp import report
-from fl_userdp.accounting import calibrate_noise, event_to_dict
+from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
+from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.config import RunConfig
 from fl_userdp.errors import ConfigError
 from fl_userdp.release_log import LogContents, ReleaseLog, log_path, read_log
@@ -58,6 +59,10 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False
     if cfg.model.name != "linear":  # the linear task is numpy only
         from fl_userdp.local.model import build_model, get_trainable
 
+    for mode in modes or [cfg.privacy.mode]:  # a ledger that cannot serve is refused before anything loads
+        p = with_mode(cfg, mode).privacy
+        event = make_event(mode, p.sampling_rate, p.noise_multiplier or 1.0, p.max_examples_per_user)
+        check_supports(make_accountant(p.accountant, p.delta), event, p.accountant)
     corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
     init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" else get_trainable(build_model(cfg.model, cfg.seed))
     setup = Setup(np.asarray(corpus.counts, np.int64), init)
@@ -163,6 +168,18 @@ def _ledger_runs(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], in
     return runs
 
 
+def _ledger_matches_log(strategy: UserDPStrategy, entries: list[dict[str, Any]]) -> bool:
+    """The checkpoint's ledger holds exactly the logged events (a plug-in ledger: the same state as a fresh one
+    that composed them)."""
+    held = getattr(strategy.accountant, "runs", None)
+    if held is not None:
+        return _ledger_runs(entries) == [(event_to_dict(e), c) for e, c in held]
+    fresh = make_accountant(strategy.cfg.privacy.accountant, strategy.cfg.privacy.delta)
+    for e in entries:
+        fresh.compose(event_from_dict(e["event"]))
+    return fresh.state_dict() == strategy.accountant.state_dict()
+
+
 def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents) -> None:
     """Checkpoint (if any) + replay of the logged releases after it; the ledger is checked against the log."""
     ckpt, mode = checkpoint_path(out, strategy.mode), strategy.mode
@@ -172,9 +189,7 @@ def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents) -> None:
             raise ConfigError("--resume", str(ckpt), f"is at round {meta['round']} but the release log ends at "
                               f"round {contents.last_round}; refusing to resume")
         strategy.restore(meta, arrays)
-        logged = _ledger_runs(contents.releases[: strategy.round])
-        held = [(event_to_dict(e), c) for e, c in strategy.accountant.runs]
-        if logged != held:
+        if not _ledger_matches_log(strategy, contents.releases[: strategy.round]):
             raise ConfigError("--resume", str(ckpt), "has a ledger that differs from the release log; refusing "
                               "to resume")
     for entry in contents.releases[strategy.round:]:

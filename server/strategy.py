@@ -38,7 +38,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fl_userdp.accounting import UserLevelAccountant, event_from_dict, event_to_dict, make_event
+from fl_userdp.accounting import event_from_dict, event_to_dict, make_accountant, make_event
+from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.aggregate import expected_count, release
 from fl_userdp.config import RunConfig, parse_config, to_flat
 from fl_userdp.errors import ConfigError
@@ -142,7 +143,8 @@ class UserDPStrategy:
             raise ConfigError("data.source", cfg.data.source, "has no training examples")
         self.noise_multiplier = float(noise_multiplier)
         self.event = make_event(self.mode, p.sampling_rate, self.noise_multiplier, p.max_examples_per_user)
-        self.accountant = UserLevelAccountant(p.delta, p.accountant)
+        self.accountant = make_accountant(p.accountant, p.delta)  # built-in, or a plug-in ledger
+        check_supports(self.accountant, self.event, p.accountant)
         self.optimizer = make_optimizer(cfg.train.server_optimizer, cfg.train.server_lr, self.weights.size)
         self.round = 0
         self.stop_reason: str | None = None
@@ -229,7 +231,7 @@ class UserDPStrategy:
         p, rnd, t0 = self.cfg.privacy, self.round + 1, time.perf_counter()
         # 0. budget: never release a round that would pass it
         budget = self.budget
-        if budget is not None and self.accountant.would_exceed(self.event, budget[0]):
+        if budget is not None and self.accountant.epsilon_after(self.event) > budget[0]:
             self.stop_reason = (f"privacy budget: round {rnd} would take epsilon from {self.epsilon():.4g} to "
                                 f"{self.accountant.epsilon_after(self.event):.4g} > {budget[1]} {budget[0]:g}; "
                                 f"stopped after round {self.round}")
@@ -250,7 +252,8 @@ class UserDPStrategy:
             release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total)
         rel = release(total, p.clip_norm, self.noise_multiplier, self.expected, rng)
         # 6. account, 7. log (durable before anything applies or writes it), 8. step
-        eps = self.accountant.compose(self.event)
+        self.accountant.compose(self.event)
+        eps = float(self.accountant.epsilon())
         if self.journal is not None:
             self.journal(self.ledger_entry(rnd, eps), rel.update)
         self.weights = self.optimizer.step(self.weights, rel.update)

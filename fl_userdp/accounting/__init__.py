@@ -6,10 +6,11 @@ Public API: the events (`UlsRound`, `ElsStep`, `make_event`), the ledger
 from .accountant import (BACKENDS, UserLevelAccountant, check_backend, check_delta, epsilon_for, event_from_dict,
                          event_to_dict)
 from .calibration import calibrate_noise
+from .plugins import Ledger, make_accountant
 from .events import MODES, ElsStep, Event, UlsRound, make_event
 
 __all__ = [
-    "BACKENDS", "MODES", "ElsStep", "Event", "UlsRound", "UserLevelAccountant",
+    "BACKENDS", "MODES", "ElsStep", "Event", "Ledger", "UlsRound", "UserLevelAccountant", "make_accountant",
     "calibrate_noise", "check_backend", "check_delta", "epsilon_for", "event_from_dict", "event_to_dict",
     "make_event",
 ]

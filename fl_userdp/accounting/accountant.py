@@ -14,11 +14,10 @@ non-decreasing by taking the running maximum of the computed bounds.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
-from .events import ElsStep, Event, UlsRound, make_event
+from .events import ElsStep, Event, UlsRound, event_from_dict, event_to_dict, make_event
 from .group import group_epsilon
 from .pld import Run
 from .pld import epsilon as pld_epsilon
@@ -35,8 +34,12 @@ def check_delta(delta: float, key: str = "delta") -> float:
 
 
 def check_backend(backend: str, mode: str | None = None) -> str:
+    from .plugins import is_plugin
+
+    if is_plugin(backend):
+        return backend  # checked when it is built (`plugins.make_accountant`, `plugins.check_supports`)
     if backend not in BACKENDS:
-        raise ConfigError("accountant", backend, f"must be one of {list(BACKENDS)}")
+        raise ConfigError("accountant", backend, f"must be one of {list(BACKENDS)} or 'package.module:Factory'")
     if backend == "rdp" and mode is not None:
         check_supported(mode)
     if backend == "group" and mode == "uls":
@@ -48,7 +51,11 @@ def check_backend(backend: str, mode: str | None = None) -> str:
 
 
 def epsilon_for(runs: Sequence[Run], delta: float, backend: str = "pld") -> float:
-    """User-level epsilon of `runs` at `delta` with the named backend."""
+    """User-level epsilon of `runs` at `delta` with the named backend (or a plug-in, 'package.module:Factory')."""
+    from .plugins import is_plugin, plugin_epsilon
+
+    if is_plugin(backend):
+        return plugin_epsilon(backend, runs, check_delta(delta))
     fn: Callable[[Sequence[Run], float], float] = {
         "pld": pld_epsilon, "rdp": rdp_epsilon, "group": group_epsilon
     }[check_backend(backend)]
@@ -62,16 +69,6 @@ def _merge(runs: list[Run], event: Event, count: int) -> list[Run]:
     else:
         runs.append((event, count))
     return runs
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    return {"mode": event.mode, **asdict(event)}
-
-
-def event_from_dict(d: dict[str, Any]) -> Event:
-    return make_event(
-        d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user")
-    )
 
 
 class UserLevelAccountant:

@@ -18,8 +18,8 @@ noise has standard deviation `noise_multiplier` (σ).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import asdict, dataclass
+from typing import Any, Union
 
 import numpy as np
 from scipy import stats
@@ -117,3 +117,13 @@ def make_event(
             )
         return ElsStep(float(sampling_rate), float(noise_multiplier), max_examples_per_user)
     raise ConfigError("mode", mode, f"must be one of {list(MODES)}")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    return {"mode": event.mode, **asdict(event)}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    return make_event(
+        d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user")
+    )
