@@ -1,0 +1,149 @@
+"""`UserDPFedAvg` in an unmodified quickstart-style Flower app (a ClientApp that knows nothing of fl-userdp),
+through a stand-in grid that runs the real ClientApp on the real messages, as Flower's engine does."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
+
+from fl_userdp.accounting import epsilon_for, make_event
+from fl_userdp.errors import ConfigError
+from server.dropin import UserDPFedAvg
+
+USERS, DIM = 200, 5
+
+# ---- a quickstart-style app: one local gradient step of linear regression on the node's own data -----------
+quickstart = ClientApp()
+
+
+def local_data(pid: int):
+    rng = np.random.default_rng(pid)
+    x = rng.normal(size=(10, DIM))
+    return x, x @ np.arange(1.0, DIM + 1) + 0.1 * rng.normal(size=10)
+
+
+@quickstart.train()
+def train(msg: Message, context: Context) -> Message:
+    w = msg.content["arrays"].to_numpy_ndarrays()[0]
+    x, y = local_data(int(context.node_config["partition-id"]))
+    new = w - float(msg.content["config"].get("lr", 0.1)) * x.T @ (x @ w - y) / len(y)
+    return Message(RecordDict({"arrays": ArrayRecord([new]), "metrics": MetricRecord({"num-examples": len(y)})}),
+                   reply_to=msg)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class Grid:
+    """Runs the ClientApp on every message; nodes in `broken` raise (an error reply), `silent` never answer."""
+
+    def __init__(self, broken=(), silent=()):
+        self.contexts = {100 + p: Context(run_id=7, node_id=100 + p, state=RecordDict(),
+                                          node_config={"partition-id": p, "num-partitions": USERS}, run_config={})
+                         for p in range(USERS)}
+        self.broken, self.silent, self.sent = set(broken), set(silent), []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        out = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            nid = msg.metadata.dst_node_id
+            self.sent.append(nid)
+            if nid in self.silent:
+                continue
+            if nid in self.broken:
+                out.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=msg))
+                continue
+            out.append(quickstart(msg, self.contexts[nid]))
+        return out
+
+
+def start(strategy, grid, rounds):
+    return strategy.start(grid, ArrayRecord([np.zeros(DIM)]), num_rounds=rounds, train_config=ConfigRecord({"lr": 0.1}))
+
+
+def test_no_noise_one_round_is_the_clipped_sum_over_the_expected_cohort():
+    s = UserDPFedAvg(sampling_rate=0.25, noise_multiplier=0.0, clipping_norm=0.5, delta=1e-5, seed=3)
+    grid = Grid(broken={100 + 4}, silent={100 + 9})
+    res = start(s, grid, 1)
+    want = np.zeros(DIM)
+    for nid in s.requested:
+        if nid in grid.broken or nid in grid.silent:
+            continue
+        x, y = local_data(nid - 100)
+        upd = -0.1 * x.T @ (0 - y) / len(y)
+        want += upd * min(1.0, 0.5 / np.linalg.norm(upd))
+    np.testing.assert_allclose(res.arrays.to_numpy_ndarrays()[0], want / (0.25 * USERS), rtol=1e-10)
+    rec = s.history[0]
+    assert rec["nodes_sampled"] == len(s.requested) and rec["failures"] == sum(
+        n in grid.broken | grid.silent for n in s.requested)
+
+
+def test_poisson_cohorts_ledger_and_budget_stop():
+    s = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.2, clipping_norm=1.0, delta=1e-5, seed=1)
+    start(s, Grid(), 30)
+    sizes = [r["nodes_sampled"] for r in s.history]
+    assert len(set(sizes)) > 3 and abs(np.mean(sizes) - 20) < 4       # Poisson, mean q·N = 20
+    event = make_event("uls", 0.1, 1.2)
+    assert s.epsilon == pytest.approx(epsilon_for([(event, 30)], 1e-5), rel=1e-12)
+    # max_epsilon between ε after 2 and after 3 rounds: exactly 2 releases, then nothing is sent or changed
+    e2, e3 = (epsilon_for([(event, t)], 1e-5) for t in (2, 3))
+    b = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.2, clipping_norm=1.0, delta=1e-5,
+                     max_epsilon=(e2 + e3) / 2, seed=2)
+    grid = Grid()
+    res = start(b, grid, 6)
+    assert len(b.history) == 2 and b.epsilon == pytest.approx(e2) and "stopped after round 2" in b.stop_reason
+    assert len(grid.sent) == sum(r["nodes_sampled"] for r in b.history)
+    assert res.train_metrics_clientapp[6]["released"] == 0
+
+
+def test_noise_is_full_scale_and_the_denominator_is_the_expected_count():
+    """With every node silent, the released update is the noise alone: std σC / (q·N) per coordinate."""
+    s = UserDPFedAvg(sampling_rate=0.2, noise_multiplier=2.0, clipping_norm=0.5, delta=1e-5)  # OS entropy
+    grid = Grid(silent={100 + p for p in range(USERS)})
+    big = ArrayRecord([np.zeros(40_000)])
+    res = s.start(grid, big, num_rounds=1)
+    assert np.std(res.arrays.to_numpy_ndarrays()[0]) == pytest.approx(2.0 * 0.5 / (0.2 * USERS), rel=0.02)
+    assert s.history[0]["nodes_replied"] == 0 and s.accountant.steps == 1
+
+
+@pytest.mark.parametrize("kwargs,key", [({"sampling_rate": 0}, "sampling_rate"), ({"clipping_norm": -1}, "clipping_norm"),
+                                        ({"delta": 1.0}, "delta"), ({"accountant": "nope"}, "accountant")])
+def test_bad_arguments_name_the_argument(kwargs, key):
+    args = {"sampling_rate": 0.1, "noise_multiplier": 1.0, "clipping_norm": 1.0, "delta": 1e-5, **kwargs}
+    with pytest.raises(ConfigError) as err:
+        UserDPFedAvg(**args)
+    assert err.value.key == key
+
+
+@pytest.mark.slow
+def test_side_by_side_with_flowers_own_dp_wrapper_through_the_engine():
+    """One Flower simulation: the drop-in and Flower's DP wrapper with its accountant on the same app."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "experiments/dropin/compare_accountants.py", "--users", "30",
+                           "--rounds", "3"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(res["ours_nodes_sampled"]) == 3
+    want = epsilon_for([(make_event("uls", 0.2, 1.0), 3)], 1e-5)
+    assert res["ours_epsilon_pld_poisson"] == pytest.approx(want, rel=1e-12)
+    assert res["ours_epsilon_pld_poisson"] < res["flower_rdp_with_poisson_amplification"] \
+        < res["flower_epsilon_rdp_no_amplification"]
