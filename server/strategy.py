@@ -149,6 +149,7 @@ class UserDPStrategy:
         self.round = 0
         self.stop_reason: str | None = None
         self.journal: Journal | None = None  # set by the runner: the write-ahead release log
+        self._ahead: tuple[int, dict] | None = None  # (round, requests) drawn ahead, used only by that round
         self.failed_streak = 0               # consecutive rounds over sim.max-failed-fraction
         self.failure_stop = False
 
@@ -236,14 +237,19 @@ class UserDPStrategy:
                                 f"{self.accountant.epsilon_after(self.event):.4g} > {budget[1]} {budget[0]:g}; "
                                 f"stopped after round {self.round}")
             return None
-        # 1. sample
-        requests = self.sample(rnd)
+        # 1. sample (drawn ahead during the previous round when it could be: it never depends on the data)
+        ahead_rnd, ahead_requests = self._ahead if self._ahead is not None else (None, None)
+        requests = ahead_requests if ahead_rnd == rnd else self.sample(rnd)
+        self._ahead = None
         # 2./3. send to the nodes with sampled users and collect; meanwhile the ledger works out its next ε
-        # (a function of the events only, never of the data), so step 6 finds it ready
-        with ThreadPoolExecutor(1) as ahead:
+        # and the next round's sample is drawn (both independent of the data), so neither waits for the nodes
+        with ThreadPoolExecutor(2) as ahead:
             next_eps = ahead.submit(self.accountant.epsilon_after, self.event)
+            next_sample = ahead.submit(self.sample, rnd + 1) if rnd < self.cfg.train.rounds else None
             replies = transport(requests, self.weights_list()) if requests else {}
             next_eps.result()
+            if next_sample is not None:
+                self._ahead = (rnd + 1, next_sample.result())
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
         # 5. noise once (drawn for this release only), divide by the expected count
