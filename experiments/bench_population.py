@@ -15,11 +15,18 @@ gradient), clipped to C = 1, summed, Gaussian noise once (σ = 1). Measured side
 * vectorised: one batched computation over the cohort (data in memory), and a node's code path on the whole
   cohort in this process (`LinearWorker.uls`, data generated);
 * stock Flower: one node per user, `FedAvg` wrapped in `DifferentialPrivacyServerSideFixedClipping`
-  (Flower 1.42 Message API), --stock-users users, cohort 10 %, the same per-user step and clip.
+  (Flower 1.42 Message API), --stock-users users, cohort 10 %, the same per-user step and clip;
+* pfl-research 0.6 (only with --pfl-python, the python of an environment holding pfl 0.6 and torch; see
+  experiments/README.md): the users of the 10,000-user population (the config and seed ours runs on) are
+  saved to an .npz and `experiments/pfl_linear.py` trains them in a subprocess, once per --pfl-workers
+  process count (`PyTorchModel` + `FederatedAveraging` + `SimulatedBackend` + central `GaussianMechanism`: cohort 1,000
+  drawn with replacement, the same per-user step, clip and noise, the noised sum divided by the cohort
+  size); user-updates/s = users in the round / seconds between rounds, median over the rounds after --warmup.
 
 Peak RSS: this process (server side) and the largest node process (reported by the nodes).
 
     OMP_NUM_THREADS=1 python experiments/bench_population.py [--rounds 30] [--nodes 2] [--stock-users 1000]
+        [--pfl-python .pfl-venv/bin/python [--pfl-workers 1,2]]
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ import numpy as np  # noqa: E402
 from fl_userdp.config import parse_config  # noqa: E402
 
 COHORT = 1000
+PFL_USERS = 10_000
 BASE = {"model.name": "linear", "model.dim": 64, "data.heldout-users": 32, "privacy.mode": "uls",
         "privacy.noise-multiplier": 1.0, "privacy.clip-norm": 1.0, "privacy.max-examples-per-user": 8,
         "train.update": "local-steps", "train.local-steps": 1, "train.local-lr": 0.5, "train.local-batch-size": 8,
@@ -174,6 +182,36 @@ def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     return {k_: n / statistics.median(v) for k_, v in res.items()}
 
 
+# -- pfl-research 0.6 on the same users, in its own environment -------------------------------------------------
+def save_users(cfg, path: str) -> None:
+    """The training users of `cfg` (all their examples) as x (E, d) float32, y (E,) float32, offsets (N + 1,)."""
+    from fl_userdp.data.linear import LinearCorpus
+
+    corpus = LinearCorpus(cfg.data, cfg.model, cfg.seed)
+    counts = corpus.counts.astype(np.int64)
+    owners = np.repeat(np.arange(counts.size), counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    x, y = corpus.rows(owners, np.arange(owners.size) - offsets[owners])
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32), offsets=offsets)
+
+
+def run_pfl(python: str, cfg, path: str, rounds: int, warmup: int, workers: int) -> dict:
+    """`python experiments/pfl_linear.py` (pfl's venv) on the users of `cfg` saved at `path`; its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    p = cfg.privacy
+    cmd = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pfl_linear.py"), "--users", path,
+           "--rounds", str(rounds), "--warmup", str(warmup), "--workers", str(workers),
+           "--cohort", str(round(p.sampling_rate * cfg.data.num_users)), "--k", str(p.max_examples_per_user),
+           "--local-lr", str(cfg.train.local_lr), "--server-lr", str(cfg.train.server_lr),
+           "--clip", str(p.clip_norm), "--sigma", str(p.noise_multiplier), "--seed", str(cfg.seed)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 # -- stock Flower: one node per user, FedAvg + server-side fixed-clipping DP -----------------------------------
 def run_stock(num_users: int, rounds: int, warmup: int) -> dict:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -227,6 +265,11 @@ def main() -> None:
     ap.add_argument("--plain-rounds", type=int, default=5)
     ap.add_argument("--stock-users", default="1000", help="comma-separated; '' skips stock Flower")
     ap.add_argument("--stock-rounds", type=int, default=8)
+    ap.add_argument("--pfl-python", default=None,
+                    help="python of an environment with pfl 0.6 (and torch): also run pfl-research on the "
+                         f"{PFL_USERS:,}-user population (experiments/pfl_linear.py)")
+    ap.add_argument("--pfl-workers", default="1,2",
+                    help="comma-separated pfl process counts, one pfl row each (torch.distributed.run if > 1)")
     a = ap.parse_args()
     import logging
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -241,6 +284,14 @@ def main() -> None:
         ours[n] = run_ours(cfg, a.warmup)
         ours[n]["server_rss"] = rss_mb()
     stock = {int(n): run_stock(int(n), a.stock_rounds, 2) for n in a.stock_users.split(",") if n}
+    pfl = []
+    if a.pfl_python:
+        pcfg, path = config(PFL_USERS, a.nodes, a.rounds, os.path.join(tmp, "pfl")), os.path.join(tmp, "users.npz")
+        save_users(pcfg, path)
+        try:
+            pfl = [run_pfl(a.pfl_python, pcfg, path, a.rounds, a.warmup, int(w)) for w in a.pfl_workers.split(",") if w]
+        finally:
+            os.remove(path)
 
     print(f"\nlinear task d=64, k=8, one local step, clip 1, sigma 1; ours: {a.nodes} nodes x 1 CPU, "
           f"medians of rounds {a.warmup + 1}..{a.rounds}; plain/vectorised: {a.plain_rounds} cohorts of the first "
@@ -255,6 +306,11 @@ def main() -> None:
         label = f"stock Flower 1.42, one node per user, {n:,} users, cohort {n // 10}"
         print(f"{label:58s} "
               f"{r['ups']:15,.0f} {r['s_per_round']:8.3f}")
+    for r in pfl:
+        label = (f"pfl-research {r['pfl_version']}, {r['workers']} process(es), {r['users']:,} users, "
+                 f"cohort {r['cohort']:.0f}")
+        print(f"{label:58s} {r['ups']:15,.0f} {r['s_per_round']:8.3f}   (loss {r['loss_start']:.4f} -> "
+              f"{r['loss_end']:.4f}; medians of rounds {a.warmup + 1}..{r['rounds']})")
     names = {"torch": "plain torch loop, one user at a time (data in memory)",
              "numpy": "plain numpy loop, one user at a time (data in memory)",
              "numpy_lazy": "plain numpy loop, one user at a time (data generated)",
@@ -272,6 +328,9 @@ def main() -> None:
     for n, r in stock.items():
         ref = min(ours, key=lambda m: abs(m - 10 * n))
         print(f"  ours {ref:,} / stock Flower {n:,} users: {ours[ref]['ups'] / r['ups']:.1f}x user-updates/s")
+    for r in pfl if PFL_USERS in ours else []:
+        print(f"  ours {PFL_USERS:,} / pfl-research {r['pfl_version'].rsplit('.', 1)[0]} "
+              f"({r['workers']} process(es)): {ours[PFL_USERS]['ups'] / r['ups']:.1f}x user-updates/s")
     print(f"  targets: ours {pops[0]:,} >= 2,750 user-updates/s: {first['ups'] >= 2750}; "
           f">= 0.5x plain torch loop: {first['ups'] >= 0.5 * plain['torch']}")
 
