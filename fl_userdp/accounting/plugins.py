@@ -81,3 +81,48 @@ def plugin_epsilon(spec: str, runs: Sequence[tuple[Event, int]], delta: float) -
         if count > 0:
             ledger.compose(event, count)
     return float(ledger.epsilon())
+
+
+class EventLedger:
+    """A ledger that keeps the composed events ((event, count) runs) and asks `_epsilon(runs)` for ε: a plug-in
+    wrapping another accountant subclasses it with `NAME`, `_check(event)` and `_epsilon(runs)`."""
+
+    NAME = "events"
+
+    def __init__(self, delta: float) -> None:
+        self.delta = float(delta)
+        self._runs: list[tuple[Event, int]] = []
+
+    def _check(self, event: Event) -> Event:
+        return event
+
+    def _epsilon(self, runs: list[tuple[Event, int]]) -> float:
+        raise NotImplementedError
+
+    def _merged(self, event: Event, count: int) -> list[tuple[Event, int]]:
+        runs = list(self._runs)
+        if runs and runs[-1][0] == event:
+            runs[-1] = (event, runs[-1][1] + count)
+        else:
+            runs.append((event, count))
+        return runs
+
+    def compose(self, event: Event, count: int = 1) -> None:
+        self._runs = self._merged(self._check(event), int(count))
+
+    def epsilon(self) -> float:
+        return self._epsilon([(e, c) for e, c in self._runs if c > 0])
+
+    def epsilon_after(self, event: Event, count: int = 1) -> float:
+        return self._epsilon([(e, c) for e, c in self._merged(self._check(event), int(count)) if c > 0])
+
+    def state_dict(self) -> dict[str, Any]:
+        from .events import event_to_dict
+        return {"accountant": self.NAME, "delta": self.delta,
+                "runs": [{**event_to_dict(e), "count": c} for e, c in self._runs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from .events import event_from_dict
+        if state.get("accountant") != self.NAME or state.get("delta") != self.delta:
+            raise ValueError(f"not a {self.NAME} ledger state for delta {self.delta}")
+        self._runs = [(self._check(event_from_dict(r)), int(r["count"])) for r in state["runs"]]

@@ -2,12 +2,13 @@
 through a stand-in grid that runs the real ClientApp on the real messages, as Flower's engine does."""
 from __future__ import annotations
 
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -15,25 +16,11 @@ from fl_userdp.accounting import epsilon_for, make_event
 from fl_userdp.errors import ConfigError
 from server.dropin import UserDPFedAvg
 
-USERS, DIM = 200, 5
+# ---- the quickstart-style app of experiments/dropin (it knows nothing of fl-userdp) ------------------------
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "dropin"))
+from quickstart_app import DIM, app as quickstart, local_data  # noqa: E402
 
-# ---- a quickstart-style app: one local gradient step of linear regression on the node's own data -----------
-quickstart = ClientApp()
-
-
-def local_data(pid: int):
-    rng = np.random.default_rng(pid)
-    x = rng.normal(size=(10, DIM))
-    return x, x @ np.arange(1.0, DIM + 1) + 0.1 * rng.normal(size=10)
-
-
-@quickstart.train()
-def train(msg: Message, context: Context) -> Message:
-    w = msg.content["arrays"].to_numpy_ndarrays()[0]
-    x, y = local_data(int(context.node_config["partition-id"]))
-    new = w - float(msg.content["config"].get("lr", 0.1)) * x.T @ (x @ w - y) / len(y)
-    return Message(RecordDict({"arrays": ArrayRecord([new]), "metrics": MetricRecord({"num-examples": len(y)})}),
-                   reply_to=msg)
+USERS = 200
 
 
 @pytest.fixture(autouse=True)
