@@ -76,8 +76,9 @@ class GridTransport:
         self.flat = to_flat(cfg)
         self.timeout = cfg.sim.reply_timeout
 
-    def _config(self, rnd: int) -> ConfigRecord:
-        return ConfigRecord({**self.flat, "round": int(rnd)})
+    def _config(self, rnd: int, clip_norm: float | None = None) -> ConfigRecord:
+        extra = {} if clip_norm is None else {"privacy.clip-norm": float(clip_norm)}  # adaptive clipping: this C
+        return ConfigRecord({**self.flat, **extra, "round": int(rnd)})
 
     def __call__(self, requests: Mapping[int, NodeRequest], weights: list[np.ndarray]) -> dict[int, Any]:
         wrec, msgs = _weights_record(weights), []
@@ -86,7 +87,8 @@ class GridTransport:
             if req.mode == "els":
                 sample["offsets"] = Array(np.asarray(req.offsets, np.int64))
                 sample["example-ids"] = Array(np.asarray(req.example_ids, np.int64))
-            content = RecordDict({"config": self._config(req.round), "weights": wrec, "sample": ArrayRecord(sample)})
+            content = RecordDict({"config": self._config(req.round, req.clip_norm), "weights": wrec,
+                                  "sample": ArrayRecord(sample)})
             msgs.append(Message(content=content, dst_node_id=self.part2node[part], message_type=f"{MessageType.TRAIN}.{req.mode}"))
         out: dict[int, Any] = {}
         for rep in self.grid.send_and_receive(msgs, timeout=self.timeout):

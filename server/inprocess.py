@@ -12,7 +12,7 @@ import numpy as np
 from clients.compute import worker_for
 from fl_userdp.config import RunConfig
 
-from .strategy import NodeReply, NodeRequest
+from .strategy import NodeReply, NodeRequest, with_clip_norm
 
 
 def contribution_arrays(total: np.ndarray, shapes) -> list[np.ndarray]:
@@ -28,10 +28,11 @@ class InProcessTransport:
     def __call__(self, requests: Mapping[int, NodeRequest], weights: list[np.ndarray]) -> dict[int, NodeReply]:
         out = {}
         for node, req in requests.items():
+            cfg = self.cfg if req.clip_norm is None else with_clip_norm(self.cfg, req.clip_norm)
             if req.mode == "uls":
-                c = self.worker.uls(self.cfg, weights, req.round, req.users)
+                c = self.worker.uls(cfg, weights, req.round, req.users)
             else:
-                c = self.worker.els(self.cfg, weights, req.users, req.offsets, req.example_ids)
+                c = self.worker.els(cfg, weights, req.users, req.offsets, req.example_ids)
             out[node] = NodeReply(contribution_arrays(c.total, self.worker.shapes), c.users, c.examples,
                                   c.clipped, c.loss_sum)
         return out

@@ -30,6 +30,7 @@ Round r (`run_round`):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ import numpy as np
 
 from fl_userdp.accounting import event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
+from fl_userdp.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
+                                     unclipped_fraction)
 from fl_userdp.aggregate import expected_count, release
 from fl_userdp.config import RunConfig, parse_config, to_flat
 from fl_userdp.errors import ConfigError
@@ -60,6 +63,7 @@ class NodeRequest:
     users: np.ndarray                     # global user ids hosted by the node, sorted
     offsets: np.ndarray | None = None     # ELS: example_ids[offsets[i]:offsets[i+1]] belong to users[i]
     example_ids: np.ndarray | None = None  # ELS: user-local ids of the sampled kept examples
+    clip_norm: float | None = None        # this round's C when it adapts (None: the config's)
 
     @property
     def count(self) -> int:
@@ -141,8 +145,14 @@ class UserDPStrategy:
                                        self.capped.total if self.capped is not None else None)
         if self.expected <= 0:
             raise ConfigError("data.source", cfg.data.source, "has no training examples")
-        self.noise_multiplier = float(noise_multiplier)
-        self.event = make_event(self.mode, p.sampling_rate, self.noise_multiplier, p.max_examples_per_user)
+        self.noise_multiplier = float(noise_multiplier)  # σ of the sum
+        self.clip_norm = float(p.clip_norm)               # C: fixed, or adapted every round (Andrew et al.)
+        self.adaptive = p.adaptive_clip_quantile is not None
+        self.count_noise = (p.count_noise_multiplier or default_count_noise(self.expected)) if self.adaptive else 0.0
+        # the ledger's σ: the sum's, or the joint (sum, unclipped count) release's effective multiplier
+        self.accounted_multiplier = effective_noise_multiplier(self.noise_multiplier, self.count_noise) \
+            if self.adaptive else self.noise_multiplier
+        self.event = make_event(self.mode, p.sampling_rate, self.accounted_multiplier, p.max_examples_per_user)
         self.accountant = make_accountant(p.accountant, p.delta)  # built-in, or a plug-in ledger
         check_supports(self.accountant, self.event, p.accountant)
         self.optimizer = make_optimizer(cfg.train.server_optimizer, cfg.train.server_lr, self.weights.size)
@@ -198,11 +208,12 @@ class UserDPStrategy:
 
     # -- 3./4. collect and check ---------------------------------------------------
     def collect(self, requests: Mapping[int, NodeRequest], replies: Mapping[int, Any]) -> tuple[np.ndarray, dict]:
-        """Sum the validated contributions; count failures, rejections and re-clips."""
-        C = self.cfg.privacy.clip_norm
+        """Sum the validated contributions; count failures, rejections, re-clips, and the centred count of
+        unclipped records (Σ (b_i − ½), for adaptive clipping)."""
+        C = self.clip_norm
         total = np.zeros_like(self.weights)
         st = dict(nodes_replied=0, failures=0, rejected=0, reclipped=0, users_replied=0,
-                  examples_processed=0, clipped=0, records=0, loss_sum=0.0, loss_records=0)
+                  examples_processed=0, clipped=0, records=0, loss_sum=0.0, loss_records=0, unclipped_centred=0.0)
         for node, req in requests.items():
             rep = replies.get(node)
             if not isinstance(rep, NodeReply):  # timeout (missing), NodeFailure or garbage
@@ -220,7 +231,9 @@ class UserDPStrategy:
             st["users_replied"] += users
             st["examples_processed"] += examples
             st["records"] += req.count
-            st["clipped"] += min(max(int(rep.clipped), 0), req.count)
+            clipped = min(max(int(rep.clipped), 0), req.count)  # a node's count is bounded by its records too
+            st["clipped"] += clipped
+            st["unclipped_centred"] += (req.count - clipped) - req.count / 2
             if rep.loss_sum is not None and math.isfinite(rep.loss_sum):
                 st["loss_sum"] += float(rep.loss_sum)
                 st["loss_records"] += req.count
@@ -241,6 +254,8 @@ class UserDPStrategy:
         ahead_rnd, ahead_requests = self._ahead if self._ahead is not None else (None, None)
         requests = ahead_requests if ahead_rnd == rnd else self.sample(rnd)
         self._ahead = None
+        if self.adaptive:  # this round's C travels with the requests
+            requests = {n: dataclasses.replace(r, clip_norm=self.clip_norm) for n, r in requests.items()}
         # 2./3. send to the nodes with sampled users and collect; meanwhile the ledger works out its next ε
         # and the next round's sample is drawn (both independent of the data), so neither waits for the nodes
         with ThreadPoolExecutor(2) as ahead:
@@ -252,18 +267,27 @@ class UserDPStrategy:
                 self._ahead = (rnd + 1, next_sample.result())
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
-        # 5. noise once (drawn for this release only), divide by the expected count
-        std = p.clip_norm * self.noise_multiplier
+        # 5. noise once (drawn for this release only), divide by the expected count; with adaptive clipping
+        #    the centred unclipped count is released with it (its own noise, from the same generator)
+        C = self.clip_norm
+        std = C * self.noise_multiplier
         rng = SecureGenerator() if p.secure_mode else \
             release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total)
-        rel = release(total, p.clip_norm, self.noise_multiplier, self.expected, rng)
+        rel = release(total, C, self.noise_multiplier, self.expected, rng)
+        adapt = {}
+        if self.adaptive:
+            noisy = st["unclipped_centred"] + self.count_noise * float(rng.standard_normal(1)[0])
+            fraction = unclipped_fraction(noisy, self.expected)
+            adapt = {"unclipped_fraction": fraction,
+                     "next_clip_norm": next_clip_norm(C, fraction, p.adaptive_clip_quantile, p.adaptive_clip_lr)}
         # 6. account, 7. log (durable before anything applies or writes it), 8. step
         self.accountant.compose(self.event)
         eps = float(self.accountant.epsilon())
         if self.journal is not None:
-            self.journal(self.ledger_entry(rnd, eps), rel.update)
+            self.journal({**self.ledger_entry(rnd, eps), **adapt}, rel.update)
         self.weights = self.optimizer.step(self.weights, rel.update)
         self.round = rnd
+        self.clip_norm = adapt.get("next_clip_norm", C)
         # 9. evaluate
         every = self.cfg.train.eval_every
         due = evaluate is not None and every > 0 and (rnd % every == 0 or rnd == self.cfg.train.rounds)
@@ -272,7 +296,7 @@ class UserDPStrategy:
         self.check_health(rnd, st["failures"] + st["rejected"], len(requests))
         # 10. record
         return {
-            **self.release_record(rnd, eps), "eval_loss": eval_loss,
+            **self.release_record(rnd, eps, C), **adapt, "eval_loss": eval_loss,
             "train_loss": st["loss_sum"] / st["loss_records"] if st["loss_records"] else None,
             "users_sampled": int(sum(r.users.size for r in requests.values())),
             "users_replied": st["users_replied"],
@@ -294,11 +318,12 @@ class UserDPStrategy:
             self.stop_reason = (f"node failures: more than {s.max_failed_fraction:g} of the nodes failed in "
                                 f"{self.failed_streak} rounds in a row; stopped after round {rnd}")
 
-    def release_record(self, rnd: int, eps: float) -> dict[str, Any]:
+    def release_record(self, rnd: int, eps: float, clip_norm: float | None = None) -> dict[str, Any]:
         """The part of a round's record that the DP guarantee covers (no user data beyond the release)."""
         p = self.cfg.privacy
         return {"round": rnd, "mode": self.mode, "epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,
-                "noise_multiplier": self.noise_multiplier, "clip_norm": p.clip_norm, "expected_count": self.expected}
+                "noise_multiplier": self.noise_multiplier,
+                "clip_norm": self.clip_norm if clip_norm is None else clip_norm, "expected_count": self.expected}
 
     def ledger_entry(self, rnd: int, eps: float) -> dict[str, Any]:
         """What the release log stores about round `rnd` besides the update: its event and its ε."""
@@ -314,6 +339,7 @@ class UserDPStrategy:
         self.accountant.compose(event)
         if update is not None:
             self.weights = self.optimizer.step(self.weights, np.asarray(update, np.float64))
+        self.clip_norm = float(entry.get("next_clip_norm", self.clip_norm))
         self.round += 1
 
     # -- checkpoint state ------------------------------------------------------------
@@ -321,6 +347,7 @@ class UserDPStrategy:
         opt = self.optimizer.state_dict()
         arrays = {"weights": self.weights, **{f"opt_{k}": v for k, v in opt.items() if isinstance(v, np.ndarray)}}
         meta = {"round": self.round, "mode": self.mode, "noise_multiplier": self.noise_multiplier,
+                "clip_norm": self.clip_norm,
                 "ledger": self.accountant.state_dict(), "identity": identity(self.cfg),
                 "optimizer": {k: v for k, v in opt.items() if not isinstance(v, np.ndarray)}}
         return meta, arrays
@@ -338,6 +365,12 @@ class UserDPStrategy:
         self.optimizer.load_state_dict({**meta["optimizer"],
                                         **{k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}})
         self.weights, self.round = weights, int(meta["round"])
+        self.clip_norm = float(meta.get("clip_norm", self.clip_norm))
+
+
+def with_clip_norm(cfg: RunConfig, clip_norm: float) -> RunConfig:
+    """The same config with this round's C (adaptive clipping); no re-validation needed (C > 0 by construction)."""
+    return dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, clip_norm=float(clip_norm)))
 
 
 def with_mode(cfg: RunConfig, mode: str) -> RunConfig:
