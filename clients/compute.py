@@ -17,6 +17,9 @@ task: linear regression on `fl_userdp.data.LinearCorpus`, where a node computes
 all its sampled users' updates in one vectorised pass (segment sums over a
 CSR of examples); `LinearWorker.uls_loop` is the same computation one user
 at a time (the plain-loop reference of tests and benchmarks).
+`model.name = "package.module:factory"` (your own torch task) gets
+`clients.task.TaskWorker`, the same computation with the task's module, loss
+and corpus.
 
 Both also report the mean training loss of the records at the round's start
 weights (one no-grad forward over the same examples) so the server can log
@@ -30,7 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fl_userdp.config import RunConfig, parse_config
+from fl_userdp.config import RunConfig, is_task_spec, parse_config
 from fl_userdp.rng import rng_for
 
 _WORKERS: dict[tuple, "Worker"] = {}
@@ -57,6 +60,8 @@ def config_from_flat(flat: Mapping[str, Any]) -> RunConfig:
     """Parse (once per process) the flat config a message carries."""
     key = tuple(sorted(flat.items()))
     if key not in _CONFIGS:
+        if len(_CONFIGS) > 64:  # adaptive clipping sends a new C every round: keep the cache small
+            _CONFIGS.clear()
         _CONFIGS[key] = parse_config(dict(flat))
     return _CONFIGS[key]
 
@@ -64,7 +69,11 @@ def config_from_flat(flat: Mapping[str, Any]) -> RunConfig:
 def worker_for(cfg: RunConfig) -> "Worker | LinearWorker":
     key = (cfg.model, cfg.data, cfg.seed)
     if key not in _WORKERS:
-        _WORKERS[key] = LinearWorker(cfg) if cfg.model.name == "linear" else Worker(cfg)
+        if is_task_spec(cfg.model.name):  # your own task: clients.task.TaskWorker
+            from .task import TaskWorker
+            _WORKERS[key] = TaskWorker(cfg)
+        else:
+            _WORKERS[key] = LinearWorker(cfg) if cfg.model.name == "linear" else Worker(cfg)
     return _WORKERS[key]
 
 

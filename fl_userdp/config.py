@@ -31,6 +31,9 @@ class PrivacyConfig:
     max_epsilon: float | None = None  # budget stop; None = no stop
     secure_mode: bool = False         # sampling and noise from OS entropy (not from the seed)
     publish_diagnostics: bool = True  # False: outputs hold only what the DP guarantee covers
+    adaptive_clip_quantile: float | None = None  # γ: C tracks this quantile of record norms; None = fixed C
+    adaptive_clip_lr: float = 0.2     # η of the geometric update C ← C·exp(−η(b̃ − γ))
+    count_noise_multiplier: float | None = None  # σ_b of the unclipped count; None = expected count / 20
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "tiny"                # "tiny" (built from config), "linear" (numpy linear regression) or a local HF folder / .gguf file
+    name: str = "tiny"                # "tiny" (built from config), "linear" (numpy linear regression), a local HF folder / .gguf file, or "package.module:factory" (your own task: fl_userdp.local.task)
     vocab_size: int = 128             # tiny model only
     hidden_size: int = 64
     num_layers: int = 2
@@ -117,7 +120,14 @@ SCHEMA = _flat_schema()
 # Old names still accepted (mapped to the current key; outputs use the current one).
 ALIASES = {"privacy.secure-noise": "privacy.secure-mode"}
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # as fl_userdp.accounting.plugins.SPEC
-_OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon"}
+_OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon", "privacy.adaptive-clip-quantile",
+                    "privacy.count-noise-multiplier"}
+
+
+def is_task_spec(name: str) -> bool:
+    """Whether `model.name` names your own task's factory ("package.module:factory"; imported by the nodes
+    and the server, never here: `fl_userdp.local.task.load_task`)."""
+    return isinstance(name, str) and _PLUGIN.match(name) is not None and name not in ("tiny", "linear")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -182,6 +192,11 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(not (p.accountant == "group" and p.mode == "uls"), "privacy.accountant", p.accountant,
          "'group' applies to mode 'els' only")
     need(p.max_epsilon is None or p.max_epsilon > 0, "privacy.max-epsilon", p.max_epsilon, "must be > 0")
+    need(p.adaptive_clip_quantile is None or 0 < p.adaptive_clip_quantile < 1, "privacy.adaptive-clip-quantile",
+         p.adaptive_clip_quantile, "must be in (0, 1) (or 'none' for a fixed clip norm)")
+    need(0 < p.adaptive_clip_lr < math.inf, "privacy.adaptive-clip-lr", p.adaptive_clip_lr, "must be > 0")
+    need(p.count_noise_multiplier is None or 0 < p.count_noise_multiplier < math.inf,
+         "privacy.count-noise-multiplier", p.count_noise_multiplier, "must be > 0 (or 'auto')")
     need(t.rounds >= 1, "train.rounds", t.rounds, "must be >= 1")
     need(t.server_optimizer in ("sgd", "adam"), "train.server-optimizer", t.server_optimizer, "must be 'sgd' or 'adam'")
     need(0 < t.server_lr < math.inf, "train.server-lr", t.server_lr, "must be > 0")
@@ -202,8 +217,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype, "must be float32, bfloat16 or float16")
     need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
          "must be 'cpu', 'cuda[:N]' or 'auto'")
-    need(m.name in ("tiny", "linear") or Path(m.name).exists(), "model.name", m.name,
-         "must be 'tiny', 'linear' or an existing local path")
+    need(m.name in ("tiny", "linear") or Path(m.name).exists() or is_task_spec(m.name), "model.name", m.name,
+         "must be 'tiny', 'linear', an existing local path or a task factory 'package.module:factory'")
     need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")
     need(m.name != "linear" or d.source == "synthetic", "data.source", d.source,
          "must be 'synthetic' with model.name 'linear' (the linear task has its own synthetic users)")

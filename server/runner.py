@@ -24,7 +24,8 @@ import numpy as np
 from fl_userdp import report
 from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
-from fl_userdp.config import RunConfig
+from fl_userdp.adaptive_clip import default_count_noise, sum_noise_multiplier
+from fl_userdp.config import RunConfig, is_task_spec
 from fl_userdp.errors import ConfigError
 from fl_userdp.release_log import LogContents, ReleaseLog, log_path, read_log
 
@@ -39,14 +40,28 @@ class Setup:
     sigmas: dict[str, float] = field(default_factory=dict)
 
 
-def noise_multiplier(cfg: RunConfig) -> float:
-    """privacy.noise-multiplier, or σ calibrated for (target-epsilon, delta) over train.rounds."""
+def noise_multiplier(cfg: RunConfig, expected: float | None = None) -> float:
+    """privacy.noise-multiplier, or σ calibrated for (target-epsilon, delta) over train.rounds.
+
+    With adaptive clipping the target is calibrated for the joint release's effective multiplier and σ (the
+    sum's) follows from the count's σ_b (`fl_userdp.adaptive_clip`; the default σ_b needs the expected count).
+    """
     p = cfg.privacy
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     sigma, _ = calibrate_noise(p.mode, p.target_epsilon, p.delta, p.sampling_rate, cfg.train.rounds,
                                p.max_examples_per_user, p.accountant)
-    return sigma
+    if p.adaptive_clip_quantile is None:
+        return sigma
+    if p.count_noise_multiplier is None and expected is None:
+        raise ConfigError("privacy.count-noise-multiplier", None, "must be given to calibrate without the data")
+    return sum_noise_multiplier(sigma, p.count_noise_multiplier or default_count_noise(expected))
+
+
+def expected_for(cfg: RunConfig, counts: np.ndarray) -> float:
+    """The mode's expected count: q·N (ULS) or q·Σ min(n_u, k) (ELS)."""
+    q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
+    return q * (len(counts) if cfg.privacy.mode == "uls" else float(np.minimum(counts, k).sum()))
 
 
 def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False) -> Setup:
@@ -63,12 +78,20 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False
         p = with_mode(cfg, mode).privacy
         event = make_event(mode, p.sampling_rate, p.noise_multiplier or 1.0, p.max_examples_per_user)
         check_supports(make_accountant(p.accountant, p.delta), event, p.accountant)
-    corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
-    init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" else get_trainable(build_model(cfg.model, cfg.seed))
+    if is_task_spec(cfg.model.name):  # your own task: the nodes' factory (a ConfigError on bad input)
+        from fl_userdp.local.task import cached_task
+
+        task = cached_task(cfg)
+        corpus, init = task.corpus, [a.copy() for a in task.init_weights]
+    else:
+        corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
+        init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" \
+            else get_trainable(build_model(cfg.model, cfg.seed))
     setup = Setup(np.asarray(corpus.counts, np.int64), init)
     for mode in modes or [cfg.privacy.mode]:
         logged = logged_sigma(cfg.out, mode) if resume else None
-        setup.sigmas[mode] = logged if logged is not None else noise_multiplier(with_mode(cfg, mode))
+        mcfg = with_mode(cfg, mode)
+        setup.sigmas[mode] = logged if logged is not None else noise_multiplier(mcfg, expected_for(mcfg, setup.counts))
     return setup
 
 
@@ -217,7 +240,7 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         raise ConfigError("privacy.noise-multiplier", cfg.privacy.noise_multiplier,
                           f"differs from the run being resumed ({sigma!r})")
     strategy = UserDPStrategy(cfg, setup.counts, setup.init_weights,
-                              sigma if sigma is not None else noise_multiplier(cfg))
+                              sigma if sigma is not None else noise_multiplier(cfg, expected_for(cfg, setup.counts)))
     if contents:
         _resume(strategy, out, contents)
     else:

@@ -31,7 +31,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..config import DataConfig, ModelConfig
+from ..config import DataConfig, ModelConfig, is_task_spec
 from ..errors import ConfigError
 from ..rng import rng_for
 from .base import UserCorpus
@@ -95,8 +95,8 @@ class HFTokenizer:
 
 
 def tokenizer_for(model_cfg: ModelConfig) -> Tokenizer:
-    """Byte tokenizer for the "tiny" model (its vocab_size), else the model's own HF tokenizer."""
-    if model_cfg.name == "tiny":
+    """Byte tokenizer for the "tiny" model and your own task (its vocab_size), else the model's own HF tokenizer."""
+    if model_cfg.name == "tiny" or is_task_spec(model_cfg.name):
         return ByteTokenizer(model_cfg.vocab_size)
     return HFTokenizer.load(model_cfg.name)
 
