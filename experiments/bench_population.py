@@ -23,10 +23,17 @@ gradient), clipped to C = 1, summed, Gaussian noise once (σ = 1). Measured side
   drawn with replacement, the same per-user step, clip and noise, the noised sum divided by the cohort
   size); user-updates/s = users in the round / seconds between rounds, median over the rounds after --warmup.
 
+* --scale (the million-user row): N = 100,000 and 1,000,000 users, cohort --scale-cohort (10,000: q = 0.1
+  and 0.01), two nodes of N/2 users: ours through Flower next to the in-process backend (`--backend
+  inprocess`: the same strategy and node code, nodes computed one after another in this process) on the
+  same config, in this run; user-updates/s of each, their ratio, s/round at 1,000,000 over 100,000, and
+  peak RSS of the driver and of the largest node process.
+
 Peak RSS: this process (server side) and the largest node process (reported by the nodes).
 
     OMP_NUM_THREADS=1 python experiments/bench_population.py [--rounds 30] [--nodes 2] [--stock-users 1000]
         [--pfl-python .pfl-venv/bin/python [--pfl-workers 1,2]]
+    OMP_NUM_THREADS=1 python experiments/bench_population.py --scale [--rounds 20]
 """
 from __future__ import annotations
 
@@ -116,6 +123,51 @@ def run_ours(cfg, warmup: int) -> dict:
 
 
 # -- plain loops and the vectorised computation over the same cohorts ------------------------------------------
+def run_inprocess(cfg, warmup: int) -> dict:
+    """The in-process backend on the same config: the same `run_mode`, strategy and node code, no engine."""
+    from server.inprocess import InProcessTransport
+    from server.runner import prepare, run_mode
+
+    setup = prepare(cfg)
+    transport = InProcessTransport(cfg)
+    stamps, recs = [time.perf_counter()], []
+
+    def on_record(rec):
+        stamps.append(time.perf_counter())
+        recs.append(rec)
+    run_mode(cfg, setup, transport, None, cfg.out, False, on_record)
+    dts = np.diff(stamps)[warmup:]
+    users = np.array([r["users_replied"] for r in recs])[warmup:]
+    return {"s_per_round": float(np.median(dts)), "ups": float(np.median(users / dts)),
+            "users": float(np.mean(users))}
+
+
+def run_scale(a, tmp: str) -> None:
+    """The million-user row: Flower vs the in-process backend at 100,000 and 1,000,000 users, 2 nodes."""
+    rows = {}
+    for n in (100_000, 1_000_000):
+        rows[("flower", n)] = run_ours(config(n, 2, a.rounds, os.path.join(tmp, f"f{n}"), a.scale_cohort), a.warmup)
+        rows[("inprocess", n)] = run_inprocess(config(n, 2, a.rounds, os.path.join(tmp, f"i{n}"), a.scale_cohort),
+                                               a.warmup)
+    print(f"\nlinear task d=64, 2 nodes x 1 CPU, cohort ~{a.scale_cohort:,}; medians of rounds "
+          f"{a.warmup + 1}..{a.rounds}")
+    print(f"{'system':58s} {'user-updates/s':>15s} {'s/round':>8s}")
+    for (kind, n), r in rows.items():
+        extra = (f"   (node compute {r['node_s']:.3f} s; peak RSS largest node {r['node_rss']:.0f} MB)"
+                 if kind == "flower" else "")
+        label = f"ours, {'Flower' if kind == 'flower' else 'in-process backend'}, {n:,} users, cohort ~{r['users']:.0f}"
+        print(f"{label:58s} {r['ups']:15,.0f} {r['s_per_round']:8.3f}{extra}")
+    print("\nratios (same run):")
+    for n in (100_000, 1_000_000):
+        print(f"  {n:,} users: Flower / in-process user-updates/s: "
+              f"{rows[('flower', n)]['ups'] / rows[('inprocess', n)]['ups']:.2f}x (target >= 1.5)")
+    print(f"  Flower s/round 1,000,000 / 100,000 users: "
+          f"{rows[('flower', 1_000_000)]['s_per_round'] / rows[('flower', 100_000)]['s_per_round']:.2f}x "
+          f"(target <= 1.2)")
+    print(f"  peak RSS: driver {rss_mb():.0f} MB (target <= 1,500), largest node "
+          f"{max(r['node_rss'] for k, r in rows.items() if k[0] == 'flower'):.0f} MB (target <= 1,000)")
+
+
 def cohorts(cfg, rounds: int) -> list[np.ndarray]:
     from server.runner import prepare
     from server.strategy import UserDPStrategy
@@ -270,9 +322,15 @@ def main() -> None:
                          f"{PFL_USERS:,}-user population (experiments/pfl_linear.py)")
     ap.add_argument("--pfl-workers", default="1,2",
                     help="comma-separated pfl process counts, one pfl row each (torch.distributed.run if > 1)")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the million-user row: Flower vs the in-process backend at 100,000 and 1,000,000 users")
+    ap.add_argument("--scale-cohort", type=int, default=10_000)
     a = ap.parse_args()
     import logging
     logging.getLogger("flwr").setLevel(logging.ERROR)
+    if a.scale:
+        run_scale(a, tempfile.mkdtemp(prefix="bench_population_"))
+        return
 
     pops = [int(p) for p in a.populations.split(",") if p]
     tmp = tempfile.mkdtemp(prefix="bench_population_")
