@@ -10,21 +10,23 @@ Flower transport lives in `server.app`; tests pass fakes.
 Round r (`run_round`):
   0. budget  — stop before a release that would take ε past the budget (privacy.max-epsilon, and
                privacy.target-epsilon when σ was calibrated for it)
-  1. sample  — Poisson users (ULS) or Poisson kept examples (ELS): seeded by (seed, r), or from OS
-               entropy in secure mode
-  2. send    — one request per node with sampled users (an empty cohort sends nothing)
-  3. collect — replies; errors and timeouts count as failures
-  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else re-clipped to it)
+  1. sample  — Poisson users (ULS) or Poisson kept examples (ELS): seeded by (seed, mode, r), or from OS
+               entropy in secure mode; drawn during the previous round (it never depends on the data)
+  2. send    — one request per node with sampled users (an empty cohort sends nothing), with this round's
+               C when it adapts
+  3. collect — replies; errors and timeouts count as failures (meanwhile the ledger works out its next ε)
+  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else scaled to it)
   5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k); the noise is drawn for
-               this release only (`fl_userdp.noise`)
+               this release only (`fl_userdp.noise`); with adaptive clipping the noised centred count of
+               unclipped records too, and the next C (`fl_userdp.adaptive_clip`)
   6. account — compose the round's event in the ledger (also for empty cohorts)
   7. log     — hand the release to `self.journal` (the write-ahead release log), before anything uses it
   8. step    — server optimizer with the noisy mean as the gradient estimate
   9. eval    — held-out loss every train.eval-every rounds (and at the last round)
- 10. record  — one flat dict per round (`fl_userdp.report` labels what the DP guarantee covers)
- 11. health  — more than sim.max-failed-fraction of the nodes failed (or were rejected) in
+ 10. health  — more than sim.max-failed-fraction of the nodes failed (or were rejected) in
                sim.max-failed-rounds rounds in a row: stop after this (released) round. The decision
-               reads failure counts only, never the data or the release.
+               reads failure counts only, never the release.
+ 11. record  — one flat dict per round (`fl_userdp.report` labels what the DP guarantee covers)
 
 `replay(entry, update)` applies a logged release again (resume): steps 6 and 8 only.
 """
@@ -292,9 +294,9 @@ class UserDPStrategy:
         every = self.cfg.train.eval_every
         due = evaluate is not None and every > 0 and (rnd % every == 0 or rnd == self.cfg.train.rounds)
         eval_loss = evaluate(self.weights_list()) if due else None
-        # 11. health: stop after a streak of rounds where most nodes failed (counts only)
+        # 10. health: stop after a streak of rounds where most nodes failed (counts only)
         self.check_health(rnd, st["failures"] + st["rejected"], len(requests))
-        # 10. record
+        # 11. record
         return {
             **self.release_record(rnd, eps, C), **adapt, "eval_loss": eval_loss,
             "train_loss": st["loss_sum"] / st["loss_records"] if st["loss_records"] else None,
