@@ -14,14 +14,15 @@ from dp_accounting import dp_event
 from scipy import stats
 
 from fl_userdp import noise
-from fl_userdp.accounting import ElsStep, UlsRound, event_to_dict
-from fl_userdp.aggregate import release
+from fl_userdp.accounting import ElsStep, UlsRound, event_to_dict, make_event
+from fl_userdp.aggregate import expected_count, release
 from fl_userdp.clipping import clip, clip_factors, clip_rows, finite
+from fl_userdp.adaptive_clip import unclipped_fraction
 from fl_userdp.config import parse_config, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
-from fl_userdp.sampling import cap_examples, poisson_examples
-from fl_userdp.validation import check_contribution
+from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
+from fl_userdp.validation import NORM_TOLERANCE, check_contribution
 from server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrategy, check_identity, identity, with_clip_norm
 
 
@@ -30,6 +31,14 @@ from server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrate
 def test_release_refuses_a_non_positive_expected_count(expected):
     with pytest.raises(ValueError, match=r"^expected count must be > 0, got "):
         release(np.ones(3), 1.0, 1.0, expected, np.random.default_rng(0))
+
+
+def test_expected_count_refuses_els_without_n_k_and_an_unknown_mode():
+    assert expected_count("els", 0.25, 10, 40) == 10.0 and expected_count("uls", 0.25, 10) == 2.5
+    with pytest.raises(ValueError, match=r"^ELS needs n_k, the number of kept examples$"):
+        expected_count("els", 0.25, 10)
+    with pytest.raises(ValueError, match=r"^unknown mode 'dp'$"):
+        expected_count("dp", 0.25, 10)
 
 
 def test_release_keeps_the_shape_and_reports_how_it_was_formed():
@@ -135,6 +144,17 @@ def test_release_noise_depends_on_each_input_and_on_the_values_of_the_sum():
 
 
 # -- sampling -----------------------------------------------------------------------------------
+def test_a_record_is_sampled_only_when_its_uniform_is_below_the_rate(urandom_bytes):
+    """Inclusion probability exactly q for uniforms on the 53-bit grid of [0, 1): u < q, never u = q."""
+    urandom_bytes(0xFF)  # every uniform is 1 - 2^-53
+    q = 1.0 - 2.0 ** -53
+    assert poisson_users(SecureGenerator(), 5, q).size == 0
+    assert poisson_users(SecureGenerator(), 5, 1.0).size == 5
+    capped = cap_examples(np.random.default_rng(0), np.array([2, 3]), 4)
+    assert poisson_examples(SecureGenerator(), capped, q).num_examples == 0
+    assert poisson_examples(SecureGenerator(), capped, 1.0).num_examples == 5
+
+
 def test_example_sample_lists_each_sampled_user_once_with_all_their_sampled_examples():
     counts = np.array([5, 0, 3, 8, 1, 6, 2])
     capped = cap_examples(np.random.default_rng(1), counts, 4)
@@ -157,6 +177,12 @@ def test_rejections_say_what_was_wrong():
     assert check_contribution([np.array([np.inf, 0.0])], shapes, 1.0).status == "rejected: non-finite values"
 
 
+def test_only_a_sum_more_than_the_tolerance_above_the_bound_counts_as_reclipped():
+    at = 1.0 + NORM_TOLERANCE  # exactly the tolerance above the bound 1: scaled, but not counted
+    assert check_contribution([np.array([at, 0.0])], [(2,)], 1.0).status == "ok"
+    assert check_contribution([np.array([np.nextafter(at, 2.0), 0.0])], [(2,)], 1.0).status == "reclipped"
+
+
 def test_a_model_without_trainables_gets_an_empty_sum():
     got = check_contribution([], [], 1.0)
     assert got.status == "ok" and got.value.shape == (0,)
@@ -169,6 +195,46 @@ def test_a_sum_scaled_onto_the_bound_exactly_is_not_shaved_below_it():
 
 
 # -- accounting events ---------------------------------------------------------------------------
+@pytest.mark.parametrize("q", [0.0, -0.1, 1.5, math.nan, "0.1", None])
+def test_sampling_rate_must_be_in_the_unit_interval(q):
+    for make in (lambda: UlsRound(q, 1.0), lambda: ElsStep(q, 1.0, 2)):
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert err.value.key == "sampling-rate" and err.value.requirement == "must be in (0, 1]"
+        assert err.value.value is q or (q != q and err.value.value != err.value.value)
+    assert UlsRound(1.0, 1.0).sampling_rate == 1.0 and ElsStep(1, 1.0, 2).sampling_rate == 1
+
+
+@pytest.mark.parametrize("sigma", [-0.5, math.nan, "1", None])
+def test_noise_multiplier_must_be_a_number_of_at_least_zero(sigma):
+    for make in (lambda: UlsRound(0.1, sigma), lambda: ElsStep(0.1, sigma, 2)):
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert err.value.key == "noise-multiplier" and err.value.requirement == "must be >= 0"
+        assert err.value.value is sigma or (sigma != sigma and err.value.value != err.value.value)
+    assert UlsRound(0.1, 0).noise_multiplier == 0 and ElsStep(0.1, 0.0, 2).noise_multiplier == 0.0
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_els_cap_must_be_an_integer_of_at_least_one(k):
+    with pytest.raises(ConfigError) as err:
+        ElsStep(0.1, 1.0, k)
+    assert (err.value.key, err.value.value, err.value.requirement) == ("max-examples-per-user", k,
+                                                                       "must be an integer >= 1")
+    assert ElsStep(0.1, 1.0, np.int64(3)).max_examples_per_user == 3
+
+
+def test_make_event_names_what_is_missing_or_unknown():
+    with pytest.raises(ConfigError) as k:
+        make_event("els", 0.1, 1.0)
+    assert (k.value.key, k.value.value, k.value.requirement) == ("max-examples-per-user", None,
+                                                                 "is required for mode 'els'")
+    with pytest.raises(ConfigError) as mode:
+        make_event("dp", 0.1, 1.0)
+    assert (mode.value.key, mode.value.value, mode.value.requirement) == ("mode", "dp",
+                                                                          "must be one of ['uls', 'els']")
+
+
 def test_els_event_is_the_binomial_mixture_of_gaussians():
     step = ElsStep(0.3, 1.7, 4)
     ev = step.dp_event()
@@ -415,3 +481,74 @@ def test_a_round_fails_only_when_more_than_the_fraction_of_nodes_fail_and_reject
     rec = s.run_round(transport(fail, nan))
     assert (rec["failures"], rec["rejected"]) == (1, 1) and s.failure_stop  # a rejected sum is a failed node
     assert "stopped after round 2" in s.stop_reason
+
+
+def test_the_strategy_refuses_no_users_no_examples_and_a_ledger_that_cannot_account_the_mode():
+    make_strategy(strategy_cfg(), users=1).run_round(replies_with())  # one user is enough
+    with pytest.raises(ConfigError) as users:
+        make_strategy(strategy_cfg(), users=0)
+    assert (users.value.key, users.value.value, users.value.requirement) == \
+        ("data.num-users", 0, "must be >= 1 (the dataset has no training users)")
+    with pytest.raises(ConfigError) as examples:
+        UserDPStrategy(strategy_cfg(**{"privacy.mode": "els"}), np.zeros(10, int), [np.zeros(3)], 1.0)
+    assert (examples.value.key, examples.value.value, examples.value.requirement) == \
+        ("data.source", "synthetic", "has no training examples")
+    prv = "fl_userdp.accounting.prv:PrvAccountant"  # a ULS-only plug-in
+    with pytest.raises(ConfigError) as ledger:
+        make_strategy(strategy_cfg(**{"privacy.mode": "els", "privacy.accountant": prv}))
+    assert (ledger.value.key, ledger.value.value) == ("privacy.accountant", prv)
+    assert "cannot account ELS events" in ledger.value.requirement
+
+
+def test_requests_carry_their_mode_and_round():
+    for mode in ("uls", "els"):
+        requests = make_strategy(strategy_cfg(**{"privacy.mode": mode})).sample(4)
+        assert requests and all(r.mode == mode and r.round == 4 for r in requests.values())
+
+
+def test_uls_and_els_of_one_seed_draw_independent_cohorts():
+    """With k = 1 and one example per user, ELS would sample exactly the ULS cohort from a shared stream."""
+    cohorts = {}
+    for mode in ("uls", "els"):
+        cfg = strategy_cfg(**{"privacy.mode": mode, "privacy.max-examples-per-user": 1})
+        s = UserDPStrategy(cfg, np.ones(200, int), [np.zeros(s, np.float32) for s in SHAPES], 1.0)
+        cohorts[mode] = np.concatenate([r.users for r in s.sample(1).values()])
+    assert not np.array_equal(cohorts["uls"], cohorts["els"])
+
+
+def test_node_reported_counts_are_clamped_to_what_was_requested():
+    s = make_strategy(strategy_cfg(**{"privacy.mode": "els"}))
+    requests = s.sample(1)
+    low = {n: NodeReply([np.zeros(sh) for sh in SHAPES], -5, -3, -1) for n in requests}
+    _, st = s.collect(requests, low)
+    assert (st["users_replied"], st["examples_processed"], st["clipped"]) == (0, 0, 0)
+    high = {n: NodeReply([np.zeros(sh) for sh in SHAPES], 10 ** 6, 7, 10 ** 6) for n in requests}
+    _, st = s.collect(requests, high)
+    assert st["users_replied"] == sum(r.users.size for r in requests.values())
+    assert st["clipped"] == st["records"] == sum(r.count for r in requests.values())
+    assert st["examples_processed"] == 7 * len(requests)  # diagnostics only: not bounded by the request
+    garbage = {n: NodeReply([np.full(sh, np.nan) for sh in SHAPES], 1, 1, 0) for n in requests}
+    assert s.collect(requests, garbage)[1]["rejected"] == len(requests) > 1
+
+
+def test_a_healthy_run_has_no_stop_reason():
+    s = make_strategy(strategy_cfg())
+    for _ in range(3):
+        s.run_round(replies_with())
+    assert s.stop_reason is None and s.failure_stop is False and s.failed_streak == 0
+
+
+def test_adaptive_clipping_releases_the_noised_centred_count_of_unclipped_records():
+    """b̃ = (Σ (b_i − ½) + σ_b z) / expected + ½, z drawn from the release's generator after the sum's noise."""
+    cfg = strategy_cfg(**{"privacy.adaptive-clip-quantile": 0.5})
+    s = make_strategy(cfg)
+    requests = s.sample(1)
+    transport = replies_with()  # each node reports one clipped record
+    total, st = s.collect(requests, transport(requests, s.weights_list()))
+    records = sum(r.count for r in requests.values())
+    assert st["unclipped_centred"] == pytest.approx((records - len(requests)) - records / 2)
+    rng = release_rng(cfg.seed, "uls", 1, 0.5 * 1.0, s.expected, total)
+    rng.standard_normal(total.size)
+    want = unclipped_fraction(st["unclipped_centred"] + s.count_noise * rng.standard_normal(1)[0], s.expected)
+    rec = s.run_round(transport)
+    assert rec["unclipped_fraction"] == pytest.approx(want, rel=1e-12)
