@@ -178,19 +178,47 @@ def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k
     local = np.arange(owner.size) - np.repeat(np.cumsum(n) - n, n)
     big = n[owner] > k                      # only users with more than k examples choose
     if np.any(big):
-        h = np.zeros(owner.size, np.uint64)
-        h[big] = _choice_hash(seed, rnd, users[owner[big]], local[big])
-        order = np.lexsort((h, owner))      # by owner, then hash (stable: ties by local id)
+        h = _choice_hash(seed, rnd, users[owner[big]], local[big])
+        order = _order_by_owner_then_hash(owner[big], h)
         rank = np.empty_like(order)
-        rank[order] = local
-        keep = rank < k
+        rank[order] = local[big]
+        keep = np.ones(owner.size, bool)
+        keep[big] = rank < k
         owner, local = owner[keep], local[keep]
     return owner, local
 
 
+def _order_by_owner_then_hash(owner: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Positions sorted by (owner, h), ties by position: `np.lexsort((h, owner))`, faster.
+
+    One stable sort of a single 64-bit key (owner in the high bits, the hash's top bits below); only when
+    two entries of one owner share the key's hash bits (about n²/2^45 per owner) does the exact two-key
+    sort decide.
+    """
+    bits = max(1, int(owner.max()).bit_length()) if owner.size else 1
+    if bits > 24:
+        return np.lexsort((h, owner))
+    shift = np.uint64(64 - bits)
+    key = (owner.astype(np.uint64) << shift) | (h >> np.uint64(bits))
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    if np.any(sorted_key[1:] == sorted_key[:-1]):
+        return np.lexsort((h, owner))
+    return order
+
+
 def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Row sums of `values` over the segments [offsets[i], offsets[i+1]) (all non-empty)."""
-    return np.add.reduceat(values, offsets[:-1], axis=0)
+    """Row sums of `values` over the segments [offsets[i], offsets[i+1]) (all non-empty).
+
+    A 2-D sum goes through a sparse 0/1 matrix (segments × rows): `np.add.reduceat` along axis 0 is about
+    ten times slower for many short segments."""
+    if values.ndim == 1:
+        return np.add.reduceat(values, offsets[:-1])
+    from scipy.sparse import csr_matrix
+
+    rows = int(offsets[-1])
+    ind = csr_matrix((np.ones(rows, values.dtype), np.arange(rows), offsets), shape=(offsets.size - 1, rows))
+    return np.asarray(ind @ values)
 
 
 class LinearWorker:

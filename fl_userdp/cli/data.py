@@ -39,7 +39,7 @@ def assets_cmd(a: argparse.Namespace) -> int:
         payload["gguf"] = str(gguf_path(a.cache))
         if a.export_hf:
             from ..config import ModelConfig
-            from .local.pretrained import export_hf_folder
+            from ..local.pretrained import export_hf_folder
 
             payload["hf_folder"] = str(export_hf_folder(ModelConfig(name=payload["gguf"]), hf_model_dir(a.cache)))
     if "shakespeare" in names:

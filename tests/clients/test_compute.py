@@ -112,3 +112,26 @@ def test_linear_corpus_is_lazy_and_deterministic_and_local_steps_match_the_gradi
     cfg3 = parse_config({**LINEAR, "train.local-steps": 3, "train.local-batch-size": 3})
     v, loop = w.uls(cfg3, [np.ones(8)], 1, np.arange(20)), w.uls_loop(cfg3, [np.ones(8)], 1, np.arange(20))
     np.testing.assert_allclose(v.total, loop.total, rtol=1e-10)
+
+
+def test_fast_owner_hash_order_is_lexsort_including_the_colliding_case():
+    from clients.compute import _order_by_owner_then_hash
+
+    rng = np.random.default_rng(3)
+    owner = np.sort(rng.integers(0, 5000, 40_000))
+    h = rng.integers(0, 2**63, 40_000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    assert np.array_equal(_order_by_owner_then_hash(owner, h), np.lexsort((h, owner)))
+    h[1::2] = h[0::2] ^ np.uint64(1)   # same top bits within pairs: the exact sort must decide
+    assert np.array_equal(_order_by_owner_then_hash(owner, h), np.lexsort((h, owner)))
+    assert np.array_equal(_order_by_owner_then_hash(owner + 2**25, h), np.lexsort((h, owner)))  # wide owners
+
+
+def test_vectorised_linear_choice_is_each_users_own_choice():
+    from clients.compute import _linear_choice, linear_example_ids
+
+    counts = np.random.default_rng(4).integers(1, 40, 3000)
+    users = np.sort(np.random.default_rng(5).choice(3000, 700, replace=False))
+    owner, local = _linear_choice(0, 3, counts, users, 6)
+    for i in range(users.size):
+        want = linear_example_ids(0, 3, int(users[i]), int(counts[users[i]]), 6)
+        assert np.array_equal(local[owner == i], want)
