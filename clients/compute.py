@@ -101,7 +101,7 @@ class Worker:
 
         with torch.no_grad():
             losses = torch.cat([per_example_loss(self.model, _tokens(self.model, examples[lo:lo + 64]), self.pad_id)
-                                for lo in range(0, len(examples), 64)]).double().numpy()
+                                for lo in range(0, len(examples), 64)]).double().cpu().numpy()
         if weights_per_record is None:
             return float(losses.sum())
         return float(losses @ weights_per_record)
@@ -114,7 +114,8 @@ class Worker:
         data = [self.corpus.examples_of(int(u), uls_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k))
                 for u in users]
         total, clipped, _ = uls_clipped_sum(self.model, data, cfg.privacy.clip_norm, t.update, t.local_steps,
-                                            t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id)
+                                            t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id,
+                                            autocast=cfg.model.autocast == "bf16")
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
             per = np.concatenate([np.full(len(d), 1.0 / max(len(d), 1)) for d in data])
@@ -129,7 +130,8 @@ class Worker:
         set_trainable(self.model, weights)
         parts = [self.corpus.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
         examples = np.concatenate(parts) if parts else np.zeros((0, self.corpus.seq_len), np.int64)
-        total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id)
+        total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id,
+                                         autocast=cfg.model.autocast == "bf16")
         loss = self._loss_sum(examples) if with_loss and len(examples) else None
         return Contribution(total, len(parts), int(len(examples)), clipped, loss)
 

@@ -62,6 +62,7 @@ class ModelConfig:
     lora_targets: str = "auto"        # comma-separated module names, or "auto"
     dtype: str = "float32"
     device: str = "cpu"
+    autocast: str = "none"            # "none" | "bf16": forward/backward under bfloat16 autocast; clipping and sums in float32
     dim: int = 64                     # linear model only: number of features (and weights)
 
 
@@ -217,6 +218,7 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype, "must be float32, bfloat16 or float16")
     need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
          "must be 'cpu', 'cuda[:N]' or 'auto'")
+    need(m.autocast in ("none", "bf16"), "model.autocast", m.autocast, "must be 'none' or 'bf16'")
     need(m.name in ("tiny", "linear") or Path(m.name).exists() or is_task_spec(m.name), "model.name", m.name,
          "must be 'tiny', 'linear', an existing local path or a task factory 'package.module:factory'")
     need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")

@@ -20,7 +20,7 @@ from fl_userdp.clipping import clip, clip_factors, clip_rows, finite
 from fl_userdp.adaptive_clip import unclipped_fraction
 from fl_userdp.config import parse_config, to_flat
 from fl_userdp.errors import ConfigError
-from fl_userdp.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
+from fl_userdp.noise import SecureGenerator, gaussian_noise, release_key, release_rng, secure_standard_normal
 from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
 from fl_userdp.validation import NORM_TOLERANCE, check_contribution
 from server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrategy, check_identity, identity, with_clip_norm
@@ -552,3 +552,67 @@ def test_adaptive_clipping_releases_the_noised_centred_count_of_unclipped_record
     want = unclipped_fraction(st["unclipped_centred"] + s.count_noise * rng.standard_normal(1)[0], s.expected)
     rec = s.run_round(transport)
     assert rec["unclipped_fraction"] == pytest.approx(want, rel=1e-12)
+
+
+# -- survivors of the mutation run, killed -------------------------------------------------------
+GOLDEN_KEY_MOD = 196861978393  # release_key("uls", 3, 0.5, 10.0, [0.25, -1.5, 3.0]) mod 10^12
+GOLDEN_NOISE = [float.fromhex("-0x1.cf572b5ead878p-4"), float.fromhex("-0x1.4d027eb3b3ce4p+0")]
+
+
+def test_clip_factors_are_float64_and_silent_for_zero_and_non_finite_norms():
+    import warnings
+
+    norms = np.array([0.0, 0.3, 3.0, np.inf, np.nan], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or invalid-value warning may escape
+        f = clip_factors(norms, np.float32(0.7))
+    assert f.dtype == np.float64
+    np.testing.assert_array_equal(f, [1.0, 1.0, np.float64(np.float32(0.7)) / np.float64(np.float32(3.0)), 0.0, 0.0])
+
+
+def test_caps_accept_counts_read_as_floats():
+    capped = cap_examples(np.random.default_rng(0), np.array([2.0, 5.0]), 3)
+    np.testing.assert_array_equal(capped.offsets, [0, 2, 5])
+
+
+def test_release_noise_is_a_fixed_function_of_its_inputs():
+    """Golden values: a stored seeded run stays reproducible across versions (key derivation and stream)."""
+    total = np.array([0.25, -1.5, 3.0])
+    assert release_key("uls", 3, 0.5, 10.0, total) % 10**12 == GOLDEN_KEY_MOD
+    z = release_rng(0, "uls", 3, 0.5, 10.0, total).standard_normal(2)
+    np.testing.assert_allclose(z, GOLDEN_NOISE, rtol=0, atol=1e-12)
+
+
+def test_replay_restores_the_adaptive_clip_norm_of_each_logged_round():
+    cfg = strategy_cfg(**{"privacy.adaptive-clip-quantile": 0.5})
+    s, logged = run_logged(cfg, 3)
+    assert len({e["next_clip_norm"] for e, _ in logged}) == 3  # C moved every round
+    r = make_strategy(cfg)
+    for entry, update in logged:
+        r.replay(entry, update)
+    assert r.clip_norm == s.clip_norm == logged[-1][0]["next_clip_norm"]
+    assert s.run_round(replies_with())["clip_norm"] == r.run_round(replies_with())["clip_norm"]
+
+
+def test_each_rounds_sample_is_drawn_once_while_the_previous_round_is_at_the_nodes():
+    import threading
+
+    s = make_strategy(strategy_cfg(**{"train.rounds": 3}))
+    calls, drawn = [], {r: threading.Event() for r in range(1, 5)}
+    inner = s.sample
+
+    def sample(rnd):
+        calls.append(rnd)
+        drawn[rnd].set()
+        return inner(rnd)
+    s.sample = sample
+    transport = replies_with()
+
+    def at_the_nodes(requests, weights):
+        rnd = next(iter(requests.values())).round
+        if rnd < 3:  # the next round's sample is drawn before this round's replies come back
+            assert drawn[rnd + 1].wait(10), f"round {rnd + 1} was not sampled ahead"
+        return transport(requests, weights)
+    for _ in range(3):
+        s.run_round(at_the_nodes)
+    assert calls == [1, 2, 3]  # once per round, never past the last round

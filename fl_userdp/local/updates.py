@@ -89,6 +89,7 @@ class _LinearGradSampler:
 
     def __init__(self, model: nn.Module) -> None:
         self.active = False
+        self.float32 = False  # under autocast: form each per-example gradient from float32 g and x
         self.store: dict[nn.Parameter, torch.Tensor] = {}
         self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         covered = set()
@@ -110,6 +111,8 @@ class _LinearGradSampler:
     def accumulate(self, module: nn.Linear, x: torch.Tensor, grad: torch.Tensor) -> None:
         """Per-example weight (and bias) gradients of one use of `module` from its output gradient."""
         g = grad.reshape(grad.shape[0], -1, grad.shape[-1])
+        if self.float32:
+            g, x = g.float(), x.float()
         if module.weight.requires_grad:
             self._add(module.weight, torch.einsum("bto,bti->boi", g, x.to(g.dtype)))
         if module.bias is not None and module.bias.requires_grad:
@@ -130,13 +133,20 @@ def _hook_sampler(model: nn.Module) -> _LinearGradSampler:
     return sampler
 
 
+def _autocast(tokens: torch.Tensor, autocast: bool):
+    """bfloat16 autocast of the forward on the tokens' device (a no-op context when off)."""
+    return torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=bool(autocast))
+
+
 def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
-                 pad_id: int | None = None) -> list[torch.Tensor]:
+                 pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
     sampler = _hook_sampler(model)
     sampler.active, sampler.store, sampler.records = True, {}, []
+    sampler.float32 = bool(autocast)
     try:
         with torch.enable_grad():
-            loss = per_example_loss(model, tokens, pad_id).sum()
+            with _autocast(tokens, autocast):
+                loss = per_example_loss(model, tokens, pad_id).sum()
             # Gradients w.r.t. the trainable layers' outputs only: autograd then skips the batch
             # weight gradients a plain backward would also compute (we only need per-example ones).
             outs = [out for _, _, out in sampler.records]
@@ -151,7 +161,7 @@ def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Paramet
 
 
 def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
-                  pad_id: int | None = None) -> list[torch.Tensor]:
+                  pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
     """opacus GradSampleModule, attached for this call only (its disabled hooks would still slow
     and warn in plain backward passes of the shared model)."""
     from opacus import GradSampleModule
@@ -164,7 +174,9 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
             for p in params:
                 p.grad_sample = None
             with torch.enable_grad():
-                per_example_loss(gsm, tokens, pad_id).sum().backward()
+                with _autocast(tokens, autocast):
+                    loss = per_example_loss(gsm, tokens, pad_id).sum()
+                loss.backward()
             return [(p.grad_sample if p.grad_sample is not None
                      else torch.zeros((tokens.shape[0], *p.shape), device=p.device)).float() for p in params]
         finally:
@@ -174,11 +186,14 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
 
 
 def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFAULT_METHOD,
-                      pad_id: int | None = None) -> list[torch.Tensor]:
+                      pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
     """Per-example gradients of the trainable weights: one (b, *shape) float32 tensor per array.
 
     method="hooks" (default, fastest: ~1.05-1.1x a plain backward) or "opacus"
     (opacus GradSampleModule, ~1.2x). Both are checked against batch-1 loops in tests.
+    autocast=True runs the forward (and so the backward) under bfloat16 autocast on the tokens' device
+    (`model.autocast = "bf16"`); the per-example gradients, their norms, the clipping and the sums stay
+    float32 (float64 for ULS's per-user sum).
     """
     params = [p for _, p in trainable_params(model)]
     model.train()
@@ -186,9 +201,9 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
         p.grad = None
     try:
         if method == "hooks":
-            return _grads_hooks(model, tokens, params, pad_id)
+            return _grads_hooks(model, tokens, params, pad_id, autocast)
         if method == "opacus":
-            return _grads_opacus(model, tokens, params, pad_id)
+            return _grads_opacus(model, tokens, params, pad_id, autocast)
         raise ValueError(f"method must be 'hooks' or 'opacus', got {method!r}")
     finally:
         for p in params:
@@ -203,7 +218,7 @@ def _flat_cpu(tensors: list[torch.Tensor]) -> np.ndarray:
 
 def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
-                    pad_id: int | None = None) -> tuple[np.ndarray, int]:
+                    pad_id: int | None = None, autocast: bool = False) -> tuple[np.ndarray, int]:
     """Σ_i clip(∇ loss_i, C) over the rows of `examples`, at the model's current weights.
 
     Returns (flat float64 sum, number of examples whose gradient norm exceeded C).
@@ -213,7 +228,7 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
     total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
     clipped = 0
     for lo in range(0, examples.shape[0], chunk_size):
-        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method, pad_id)
+        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast)
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
         factors = _clip_factors(norms, clip_norm, 1e-12)
         clipped += int((norms > clip_norm).sum())
@@ -223,7 +238,7 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
 
 
 def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_size: int,
-                     method: str, pad_id: int | None = None) -> list[torch.Tensor]:
+                     method: str, pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
     """Each user's mean gradient: one (U, d_p) tensor per trainable array (segment sums of per-example grads)."""
     params = [p for _, p in trainable_params(model)]
     counts = np.array([len(e) for e in user_examples], dtype=np.int64)
@@ -234,7 +249,8 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
         stacked = np.concatenate(nonempty)
         owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
         for lo in range(0, stacked.shape[0], chunk_size):
-            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]), method, pad_id)
+            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]), method, pad_id,
+                                      autocast)
             who = owner[lo:lo + chunk_size]
             for acc, g in zip(sums, grads):
                 acc.index_add_(0, who, g.reshape(g.shape[0], -1))
@@ -273,7 +289,7 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
 def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm: float, update: str,
                     local_steps: int, local_lr: float, batch_size: int, start: list[np.ndarray],
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD, pad_id: int | None = None,
-                    ) -> tuple[np.ndarray, int, list[float]]:
+                    autocast: bool = False) -> tuple[np.ndarray, int, list[float]]:
     """Σ_u clip(Δ_u, C) over users, each Δ_u computed from `start` on that user's (≤ k) examples.
 
     update="gradient": Δ_u = mean gradient of the loss over the user's examples
@@ -281,7 +297,8 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     update="local-steps": Δ_u = start − weights after `local_steps` SGD steps
     (lr `local_lr`, batches of `batch_size` cycling over the user's examples).
     Returns (flat float64 sum, number of users clipped, per-user pre-clip norms).
-    The model's trainable weights are left at `start`.
+    The model's trainable weights are left at `start`. `autocast` applies to update="gradient" (as in
+    `per_example_grads`); local steps run in the model's dtype.
     """
     if update not in ("gradient", "local-steps"):
         raise ValueError(f"update must be 'gradient' or 'local-steps', got {update!r}")
@@ -291,7 +308,7 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     if not user_examples:
         return _flat_cpu(total), 0, []
     if update == "gradient":
-        per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id)           # list of (U, d_p)
+        per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id, autocast)  # list of (U, d_p)
     else:
         deltas = [_local_steps_update(model, e, start, local_steps, local_lr, batch_size, pad_id)
                   for e in user_examples]
