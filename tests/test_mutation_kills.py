@@ -616,3 +616,11 @@ def test_each_rounds_sample_is_drawn_once_while_the_previous_round_is_at_the_nod
     for _ in range(3):
         s.run_round(at_the_nodes)
     assert calls == [1, 2, 3]  # once per round, never past the last round
+
+
+def test_els_sensitivity_support_drops_impossible_group_sizes():
+    js, probs = ElsStep(1.0, 1.0, 4).sensitivity_distribution()  # q = 1: every kept example is sampled
+    assert list(js) == [4.0] and list(probs) == [1.0]
+    js, probs = ElsStep(0.5, 1.0, 3).sensitivity_distribution()
+    np.testing.assert_allclose(probs, [0.125, 0.375, 0.375, 0.125], rtol=1e-12)
+    assert list(js) == [0.0, 1.0, 2.0, 3.0]
