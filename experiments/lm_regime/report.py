@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+REF = "k4|C1|lr0.02"  # the no-noise reference's configuration (run.py)
 sys.path.insert(0, str(HERE))
 from run import GRID, REPORT_SEEDS, STEPS, cell_name, cells  # noqa: E402
 
@@ -63,9 +64,9 @@ def fmt(x: np.ndarray) -> str:
 
 
 def table(done: dict, todo: list[dict]) -> tuple[str, list[dict]]:
-    out = ["| N | ε | B | diversity | ULS loss | ULS k, C, lr | ELS loss | ELS k, C, lr | ELS − ULS | verdict |"
-           " ULS adaptive − tuned | ELS adaptive − tuned |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| N | ε | B | diversity | ULS loss | ULS k, C, lr | ELS loss | ELS k, C, lr | σ ULS / ELS | ELS − ULS |"
+           " verdict | ULS adaptive − tuned | ELS adaptive − tuned |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for cell in todo:
         cname = cell_name(cell)
@@ -85,7 +86,8 @@ def table(done: dict, todo: list[dict]) -> tuple[str, list[dict]]:
                 ad.append(f"{am:+.4f} ± {ase:.4f}" + ("" if av == "tie" else (" (worse)" if am > 0 else " (better)")))
         flag = lambda c: c[0] + (f" ⚑{','.join(c[1]['edges'])}" if c[1]["edges"] else "")  # noqa: E731
         out.append(f"| {cell['N']:,} | {cell['eps']:g} | {cell['budget']} | {cell['div']} | {fmt(u)} | {flag(cu)} | "
-                   f"{fmt(e)} | {flag(ce)} | {m:+.4f} ± {se:.4f} | {verdict} | {ad[0]} | {ad[1]} |")
+                   f"{fmt(e)} | {flag(ce)} | {cu[1]['sigma']:.3f} / {ce[1]['sigma']:.3f} | {m:+.4f} ± {se:.4f} | {verdict} | "
+                   f"{ad[0]} | {ad[1]} |")
         rows.append({**cell, "diff": m, "se": se, "verdict": verdict, "uls": u.mean(), "els": e.mean()})
     return "\n".join(out), rows
 
@@ -107,9 +109,9 @@ def axes(rows: list[dict]) -> str:
 
 def references(done: dict) -> str:
     out = ["| N | B | diversity | ULS loss (σ = 0) | ELS loss (σ = 0) |", "|---|---|---|---|---|"]
-    keys = sorted({k.split("|")[1] for k in done if k.startswith("reference|")})
+    keys = sorted({k.split("|")[1] for k in done if k.startswith("reference|") and k.endswith(REF)})
     for cell in keys:
-        u, e = done.get(f"reference|{cell}|uls"), done.get(f"reference|{cell}|els")
+        u, e = done.get(f"reference|{cell}|uls|{REF}"), done.get(f"reference|{cell}|els|{REF}")
         n, b, div = cell.split("-")
         out.append(f"| {int(n[1:]):,} | {b[1:]} | {div} | {u['eval_loss']:.4f} | {e['eval_loss']:.4f} |"
                    if u and e else f"| {n} | {b} | {div} | – | – |")
@@ -150,7 +152,7 @@ def main() -> int:
     text = (f"Held-out loss after {STEPS} steps (mean ± sd over seeds {', '.join(map(str, REPORT_SEEDS))}); "
             f"ELS − ULS paired over the same seeds (± standard error; > 0: ULS better); "
             f"lr edge check (grid k {GRID['k']}, C {GRID['C']}, lr {GRID['lr']}).\n\n{tab}\n\n"
-            f"Per axis (N = 100,000 cells):\n\n{axes(rows)}\n\nNo noise (σ = 0, seed 0, k 16, C 1, lr 0.08):\n\n"
+            f"Per axis (N = 100,000 cells):\n\n{axes(rows)}\n\nNo noise (σ = 0, seed 0, k 4, C 1, lr 0.02):\n\n"
             f"{references(done)}\n")
     (HERE / "results.md").write_text(text)
     if rows:

@@ -17,8 +17,9 @@ an interrupted study resumes where it stopped). For each cell (N, ε, budget, di
 
 Every grid has two points per axis, so every choice sits on an edge; after the cells, each (cell, mode)
 gets one run past its lr edge (lr × 4 above the top, ÷ 4 below the bottom; the winner's k and C, tuning
-seed): the report says whether the edge held. Then a noise-free reference per (N, budget, diversity, mode) on reporting seed 0 (σ = 0,
-k = 16, C = 1, lr = 0.08; no privacy): what the same compute learns without noise.
+seed): the report says whether the edge held. Then a noise-free reference per (N, budget, diversity,
+mode) on reporting seed 0 (σ = 0, the most frequent winner k = 4, C = 1, lr = 0.02; no privacy): what
+the same compute learns without noise.
 
 The compute budget B is the expected number of examples per step, the same for both modes:
 q = B / Σ_u min(n_u, k) (ULS: q·N users of ≤ k examples each; ELS: q per kept example). σ is calibrated
@@ -199,9 +200,9 @@ def main() -> int:
         jobs = {}
         for cell in todo:
             for mode in ("uls", "els"):
-                key = f"reference|N{cell['N']}-B{cell['budget']}-{cell['div']}|{mode}"
+                key = f"reference|N{cell['N']}-B{cell['budget']}-{cell['div']}|{mode}|k4|C1|lr0.02"
                 if key not in done and key not in jobs.values():
-                    cfg = run_config(cell, mode, 16, 1.0, 0.08, REPORT_SEEDS[0], False, steps)
+                    cfg = run_config(cell, mode, 4, 1.0, 0.02, REPORT_SEEDS[0], False, steps)
                     cfg["privacy.noise-multiplier"] = 0.0
                     jobs[pool.submit(simulate_one, key, cfg, mode)] = key
         for fut in as_completed(jobs):
