@@ -38,7 +38,8 @@ def test_flwr_run_two_rounds(tmp_path):
     home.mkdir()
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1",  # `flwr run` starts `flower-superlink` from PATH: this interpreter's own first
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     flwr = str(Path(sys.executable).with_name("flwr"))
     try:
         proc = subprocess.run([flwr, "run", ".", "--stream", "--federation-config", "num-supernodes=4",
