@@ -193,9 +193,9 @@ def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k
 def _order_by_owner_then_hash(owner: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Positions sorted by (owner, h), ties by position: `np.lexsort((h, owner))`, faster.
 
-    One stable sort of a single 64-bit key (owner in the high bits, the hash's top bits below); only when
-    two entries of one owner share the key's hash bits (about n²/2^45 per owner) does the exact two-key
-    sort decide.
+    One stable sort of a single 64-bit key (owner in the high bits, the hash's top 64 − b bits below, b ≤ 24
+    the owner's bit width); only when two entries of one owner share those hash bits (about n²/2^(65 − b)
+    ≤ n²/2^41 per owner of n entries) does the exact two-key sort decide.
     """
     bits = max(1, int(owner.max()).bit_length()) if owner.size else 1
     if bits > 24:

@@ -11,8 +11,9 @@ import numpy as np
 def clip_factors(norms: np.ndarray, clip_norm: float) -> np.ndarray:
     """min(1, C/‖x‖) for each norm; 1 for zero norms; 0 for a non-finite norm (NaN/Inf: the record is dropped,
     so one user's bad value can change the sum by at most C, never poison it)."""
-    norms = np.asarray(norms, dtype=np.float64)  # no division by zero (the floor) and NaN/Inf raise no FP warning
-    return np.where(np.isfinite(norms), np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300)), 0.0)
+    norms = np.asarray(norms, dtype=np.float64)  # the floor avoids 0-division; NaN/Inf raise no FP warning
+    with np.errstate(over="ignore"):  # C / 1e-300 overflows to inf for C > ~1.8e8; min(1, inf) = 1
+        return np.where(np.isfinite(norms), np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300)), 0.0)
 
 
 def finite(x: np.ndarray) -> np.ndarray:

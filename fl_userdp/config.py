@@ -219,6 +219,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.device == "cpu" or m.device.startswith("cuda") or m.device == "auto", "model.device", m.device,
          "must be 'cpu', 'cuda[:N]' or 'auto'")
     need(m.autocast in ("none", "bf16"), "model.autocast", m.autocast, "must be 'none' or 'bf16'")
+    need(m.autocast == "none" or (m.name != "linear" and not is_task_spec(m.name)), "model.autocast",
+         m.autocast, f"applies to the language-model path only, not model.name {m.name!r}")
     need(m.name in ("tiny", "linear") or Path(m.name).exists() or is_task_spec(m.name), "model.name", m.name,
          "must be 'tiny', 'linear', an existing local path or a task factory 'package.module:factory'")
     need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")

@@ -566,8 +566,10 @@ def test_clip_factors_are_float64_and_silent_for_zero_and_non_finite_norms():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no divide-by-zero or invalid-value warning may escape
         f = clip_factors(norms, np.float32(0.7))
+        huge = clip_factors(np.array([0.0, 1e300]), 1e300)  # C / floor overflows: still factor 1, silently
     assert f.dtype == np.float64
     np.testing.assert_array_equal(f, [1.0, 1.0, np.float64(np.float32(0.7)) / np.float64(np.float32(3.0)), 0.0, 0.0])
+    np.testing.assert_array_equal(huge, [1.0, 1.0])
 
 
 def test_caps_accept_counts_read_as_floats():

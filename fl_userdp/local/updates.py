@@ -192,8 +192,9 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
     method="hooks" (default, fastest: ~1.05-1.1x a plain backward) or "opacus"
     (opacus GradSampleModule, ~1.2x). Both are checked against batch-1 loops in tests.
     autocast=True runs the forward (and so the backward) under bfloat16 autocast on the tokens' device
-    (`model.autocast = "bf16"`); the per-example gradients, their norms, the clipping and the sums stay
-    float32 (float64 for ULS's per-user sum).
+    (`model.autocast = "bf16"`); with "hooks" each per-example gradient is formed in float32 from the
+    bf16 activations and output gradients, and their norms, the clipping and the sums are float32
+    (float64 for ULS's per-user sum). With "opacus" opacus forms them in bfloat16 before the float32 cast.
     """
     params = [p for _, p in trainable_params(model)]
     model.train()

@@ -55,7 +55,31 @@ def test_bf16_autocast_keeps_float32_gradients_and_clips_at_the_bound(device, ex
     u_total, _, norms = uls_clipped_sum(m, users, c, "gradient", 1, 0.1, 8, get_trainable(m), autocast=True)
     assert np.linalg.norm(u_total) <= len(users) * c * (1 + 1e-6)
     u_ref, _, _ = uls_clipped_sum(m, users, c, "gradient", 1, 0.1, 8, get_trainable(m))
-    assert np.linalg.norm(u_total - u_ref) < 0.05 * np.linalg.norm(u_ref)
+    assert 0 < np.linalg.norm(u_total - u_ref) < 0.05 * np.linalg.norm(u_ref)  # autocast reached the users
+
+
+def test_the_nodes_pass_autocast_through_and_sum_in_float64():
+    """A node's contribution under model.autocast=bf16 differs (a little) from float32's, in both modes."""
+    from clients.compute import worker_for
+
+    flat = {"data.num-users": 40, "privacy.clip-norm": 0.05}
+    cfg32, cfg16 = parse_config(flat), parse_config({**flat, "model.autocast": "bf16"})
+    worker = worker_for(cfg32)
+    weights = get_trainable(worker.model)
+    weights = [w + 0.05 * np.random.default_rng(3).standard_normal(w.shape).astype(np.float32) for w in weights]
+    users = np.arange(6)
+    offsets, ids = np.array([0, 2, 3, 5, 6, 8, 9]), np.array([0, 1, 0, 0, 1, 0, 0, 1, 0])
+    for run in (lambda c: worker.uls(c, weights, 1, users, with_loss=False),
+                lambda c: worker.els(c, weights, users, offsets, ids, with_loss=False)):
+        a, b = run(cfg32).total, run(cfg16).total
+        assert a.dtype == b.dtype == np.float64
+        assert 0 < np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
+
+
+def test_autocast_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"model.name": "linear", "model.autocast": "bf16"})
+    assert err.value.key == "model.autocast" and "language-model path" in err.value.requirement
 
 
 @needs_cuda
