@@ -118,6 +118,26 @@ def references(done: dict) -> str:
     return "\n".join(out)
 
 
+def long_runs(done: dict) -> str:
+    """`run.py --long T`: the ε = 1, B = 64 cells with the T = 20 tuned configurations run for T steps."""
+    out = ["| T | N | ε | B | diversity | ULS loss (σ) | ELS loss (σ) | ELS − ULS | verdict |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    groups = sorted({tuple(k.split("|")[1:3]) for k in done if k.startswith("long|")})
+    for t, cname in groups:
+        got = {}
+        for mode in ("uls", "els"):
+            rows = [done.get(f"long|{t}|{cname}|{mode}|seed{s}") for s in REPORT_SEEDS]
+            got[mode] = None if None in rows else (np.array([r["eval_loss"] for r in rows]), rows[0]["sigma"])
+        if None in got.values():
+            continue
+        m, se, v = paired(got["els"][0], got["uls"][0])
+        n, eps, b, div = cname.split("-")
+        out.append(f"| {t[1:]} | {int(n[1:]):,} | {eps[3:]} | {b[1:]} | {div} | {fmt(got['uls'][0])} ({got['uls'][1]:.3f}) | "
+                   f"{fmt(got['els'][0])} ({got['els'][1]:.3f}) | {m:+.4f} ± {se:.4f} | "
+                   f"{ {'tie': 'tie', 'second': 'ULS', 'first': 'ELS'}[v]} |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -154,6 +174,9 @@ def main() -> int:
             f"lr edge check (grid k {GRID['k']}, C {GRID['C']}, lr {GRID['lr']}).\n\n{tab}\n\n"
             f"Per axis (N = 100,000 cells):\n\n{axes(rows)}\n\nNo noise (σ = 0, seed 0, k 4, C 1, lr 0.02):\n\n"
             f"{references(done)}\n")
+    longer = long_runs(done)
+    if longer:
+        text += f"\nLonger runs (`run.py --long T`: each mode's T = 20 tuned k, C, lr; σ recalibrated for T):\n\n{longer}\n"
     (HERE / "results.md").write_text(text)
     if rows:
         figure(rows, HERE / "loss.png")

@@ -4,6 +4,7 @@ population scale, through the production round loop (`fl_userdp.simulate`, in-pr
 mode tuned on its own grid, at a fixed number of steps and a fixed expected number of examples per step.
 
     OMP_NUM_THREADS=1 python experiments/lm_regime/run.py [--jobs 2] [--cells main,trend] [--quick]
+    OMP_NUM_THREADS=1 python experiments/lm_regime/run.py --long 200    # the ε = 1, B = 64 cells for 200 steps
     python experiments/lm_regime/report.py        # tables, figure, verdicts -> results.md
 
 One line per finished simulation is appended to results.jsonl (keyed; a rerun skips what is there, so
@@ -144,6 +145,9 @@ def main() -> int:
     ap.add_argument("--cells", default="main,trend", help="main, trend or both (comma-separated)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="smoke run: N = 2,000, 3 steps, one cell")
+    ap.add_argument("--long", type=int, default=0, metavar="T",
+                    help="after the study: re-run the ε = 1, B = 64 cells with each mode's tuned (k, C, lr) for T "
+                         "steps (σ recalibrated for T) on the reporting seeds")
     args = ap.parse_args()
     steps = 3 if args.quick else STEPS
     todo = cells(args.cells)
@@ -194,6 +198,19 @@ def main() -> int:
             key = f"edge|{cell_name(cell)}|{mode}|k{k}|C{c:g}|lr{past:g}"
             if key not in done:
                 jobs[pool.submit(simulate_one, key, run_config(cell, mode, k, c, past, TUNE_SEED, False, steps),
+                                 mode)] = key
+        for fut in as_completed(jobs):
+            record(fut.result())
+        jobs = {}
+        for cell, mode, seed in itertools.product(todo if args.long else [], ("uls", "els"), REPORT_SEEDS):
+            win = best(done, cell_name(cell), mode)
+            if win is None or cell["eps"] != 1.0 or cell["budget"] != 64 or cell["N"] != 100_000:
+                continue
+            k, c, lr = (win["config"][x] for x in ("privacy.max-examples-per-user", "privacy.clip-norm",
+                                                   "train.server-lr"))
+            key = f"long|T{args.long}|{cell_name(cell)}|{mode}|seed{seed}"
+            if key not in done:
+                jobs[pool.submit(simulate_one, key, run_config(cell, mode, k, c, lr, seed, False, args.long),
                                  mode)] = key
         for fut in as_completed(jobs):
             record(fut.result())
