@@ -171,7 +171,8 @@ def main() -> int:
     tab, rows = table(done, cells("main,trend"))
     text = (f"Held-out loss after {STEPS} steps (mean ± sd over seeds {', '.join(map(str, REPORT_SEEDS))}); "
             f"ELS − ULS paired over the same seeds (± standard error; > 0: ULS better); "
-            f"lr edge check (grid k {GRID['k']}, C {GRID['C']}, lr {GRID['lr']}).\n\n{tab}\n\n"
+            f"grid k {GRID['k']}, C {GRID['C']}, lr {GRID['lr']}, two points per axis; ✓ after a choice: one run "
+            f"past its lr edge (on the tuning seed) did worse, ✗: better.\n\n{tab}\n\n"
             f"Per axis (N = 100,000 cells):\n\n{axes(rows)}\n\nNo noise (σ = 0, seed 0, k 4, C 1, lr 0.02):\n\n"
             f"{references(done)}\n")
     longer = long_runs(done)
