@@ -52,7 +52,9 @@ def plan(eps: float) -> dict:
         cached[str(eps)] = {m: {"k": got[f"best_{m}"]["k"], "q": got[f"best_{m}"]["sampling_rate"]}
                             for m in ("uls", "els")}
         PLAN.parent.mkdir(parents=True, exist_ok=True)
-        PLAN.write_text(json.dumps(cached, indent=1) + "\n")
+        tmp = PLAN.with_suffix(f".{os.getpid()}.tmp")  # two shards may plan at once: never a torn file
+        tmp.write_text(json.dumps(cached, indent=1) + "\n")
+        os.replace(tmp, PLAN)
     return cached[str(eps)]
 
 

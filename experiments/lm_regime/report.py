@@ -100,9 +100,8 @@ def axes(rows: list[dict]) -> str:
             if not sub:
                 continue
             n = lambda v: sum(r["verdict"] == v for r in sub)  # noqa: E731
-            out.append(f"| {name} | {level:g} | {len(sub)} | {np.mean([r['diff'] for r in sub]):+.4f} | "
-                       f"{n('ULS')} | {n('ELS')} | {n('tie')} |" if not isinstance(level, str) else
-                       f"| {name} | {level} | {len(sub)} | {np.mean([r['diff'] for r in sub]):+.4f} | "
+            shown = level if isinstance(level, str) else f"{level:g}"
+            out.append(f"| {name} | {shown} | {len(sub)} | {np.mean([r['diff'] for r in sub]):+.4f} | "
                        f"{n('ULS')} | {n('ELS')} | {n('tie')} |")
     return "\n".join(out)
 

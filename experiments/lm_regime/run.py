@@ -130,6 +130,12 @@ def load(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in rows}
 
 
+def tuned(row: dict) -> tuple[int, float, float]:
+    """(k, C, lr) of a finished run's config."""
+    c = row["config"]
+    return c["privacy.max-examples-per-user"], c["privacy.clip-norm"], c["train.server-lr"]
+
+
 def best(done: dict[str, dict], cname: str, mode: str) -> dict | None:
     """The tuning winner of (cell, mode): lowest held-out loss over the grid (None until all have run)."""
     rows = [done.get(f"tune|{cname}|{mode}|k{k}|C{c:g}|lr{lr:g}") for k, c, lr in
@@ -177,8 +183,7 @@ def main() -> int:
             jobs = {}
             for mode in ("uls", "els"):
                 win = best(done, cname, mode)
-                k, c, lr = (win["config"][x] for x in ("privacy.max-examples-per-user", "privacy.clip-norm",
-                                                       "train.server-lr"))
+                k, c, lr = tuned(win)
                 for arm, seed in itertools.product(("tuned", "adaptive"), REPORT_SEEDS):
                     key = f"report|{cname}|{mode}|{arm}|seed{seed}"
                     if key not in done:
@@ -192,8 +197,7 @@ def main() -> int:
             win = best(done, cell_name(cell), mode)
             if win is None:
                 continue
-            k, c, lr = (win["config"][x] for x in ("privacy.max-examples-per-user", "privacy.clip-norm",
-                                                   "train.server-lr"))
+            k, c, lr = tuned(win)
             past = lr * 4 if lr == max(GRID["lr"]) else lr / 4
             key = f"edge|{cell_name(cell)}|{mode}|k{k}|C{c:g}|lr{past:g}"
             if key not in done:
@@ -206,8 +210,7 @@ def main() -> int:
             win = best(done, cell_name(cell), mode)
             if win is None or cell["eps"] != 1.0 or cell["budget"] != 64 or cell["N"] != 100_000:
                 continue
-            k, c, lr = (win["config"][x] for x in ("privacy.max-examples-per-user", "privacy.clip-norm",
-                                                   "train.server-lr"))
+            k, c, lr = tuned(win)
             key = f"long|T{args.long}|{cell_name(cell)}|{mode}|seed{seed}"
             if key not in done:
                 jobs[pool.submit(simulate_one, key, run_config(cell, mode, k, c, lr, seed, False, args.long),
