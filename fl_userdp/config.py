@@ -73,7 +73,8 @@ class DataConfig:
     heldout_users: int = 32
     examples_per_user_median: float = 12.0
     examples_per_user_sigma: float = 1.0   # log-normal spread of n_u
-    user_diversity: float = 0.5       # 0: a user's examples are alike; 1: as varied as the population
+    user_diversity: float = 0.5       # 0: a user's examples come from one topic; 1: from a personal mix of all topics
+    example_similarity: float = 0.0   # synthetic text: chance each token of a user's example copies the user's template row (1: all rows alike)
     user_column: str = "user"
     text_column: str = "text"
 
@@ -233,6 +234,7 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(d.examples_per_user_median >= 1, "data.examples-per-user-median", d.examples_per_user_median, "must be >= 1")
     need(d.examples_per_user_sigma >= 0, "data.examples-per-user-sigma", d.examples_per_user_sigma, "must be >= 0")
     need(0 <= d.user_diversity <= 1, "data.user-diversity", d.user_diversity, "must be in [0, 1]")
+    need(0 <= d.example_similarity <= 1, "data.example-similarity", d.example_similarity, "must be in [0, 1]")
     need(s.users_per_node >= 1, "sim.users-per-node", s.users_per_node, "must be >= 1")
     need(s.cpus_per_node > 0, "sim.cpus-per-node", s.cpus_per_node, "must be > 0")
     need(s.num_cpus >= 1, "sim.num-cpus", s.num_cpus, "must be >= 1")

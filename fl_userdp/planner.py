@@ -106,6 +106,18 @@ def check_counts(counts: Sequence[int] | np.ndarray, key: str = "counts") -> np.
     return arr.astype(np.int64)
 
 
+def check_budget(examples_per_step: float, steps: int, epsilon: float, delta: float) -> None:
+    """A compute budget (B examples per step × T steps) and an (ε, δ) target, or ConfigError naming the field."""
+    if not (examples_per_step > 0) or math.isinf(examples_per_step):
+        raise ConfigError("examples-per-step", examples_per_step, "must be a finite number > 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError("steps", steps, "must be an integer >= 1")
+    if not (epsilon > 0) or math.isinf(epsilon):
+        raise ConfigError("epsilon", epsilon, "must be a finite number > 0")
+    if not 0 < delta < 1:
+        raise ConfigError("delta", delta, "must be in (0, 1)")
+
+
 def k_at(counts: np.ndarray, quantile: float) -> int:
     """k at a quantile of the examples per user: ceil of the (linear) quantile, at least 1."""
     return max(1, int(math.ceil(float(np.quantile(counts, quantile)) - 1e-9)))
@@ -129,14 +141,7 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
     if calibrate is None:
         from .accounting import calibrate_noise as calibrate
     n = check_counts(counts)
-    if not (examples_per_step > 0) or math.isinf(examples_per_step):
-        raise ConfigError("examples-per-step", examples_per_step, "must be a finite number > 0")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError("steps", steps, "must be an integer >= 1")
-    if not (epsilon > 0) or math.isinf(epsilon):
-        raise ConfigError("epsilon", epsilon, "must be a finite number > 0")
-    if not 0 < delta < 1:
-        raise ConfigError("delta", delta, "must be in (0, 1)")
+    check_budget(examples_per_step, steps, epsilon, delta)
     if not (clip_norm > 0):
         raise ConfigError("clip-norm", clip_norm, "must be > 0")
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):

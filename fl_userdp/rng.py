@@ -22,6 +22,8 @@ STREAMS = {
     "local": 6,      # client-side randomness (local-step order, dropout)
     "eval": 7,       # evaluation subsets
     "audit": 8,      # canaries and audit draws
+    "pilot": 9,      # the advisor's pilot users and rows (fl_userdp.local.pilot)
+    "similar": 10,   # synthetic text: each user's template and the copies of it (data.example-similarity)
 }
 
 

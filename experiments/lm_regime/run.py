@@ -33,13 +33,15 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.results_log import commit, load  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.jsonl"
@@ -111,23 +113,6 @@ def simulate_one(key: str, cfg: dict, mode: str) -> dict:
             "q": cfg["privacy.sampling-rate"], "final_clip": last.get("clip_norm"),
             "users_sampled_mean": float(np.mean([r.get("users_sampled", 0) for r in run.records])),
             "seconds": round(time.perf_counter() - t0, 2), "config": cfg}
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fl_userdp", "server", "clients"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
-def load(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["key"]: r for r in rows}
 
 
 def tuned(row: dict) -> tuple[int, float, float]:

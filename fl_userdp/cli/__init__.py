@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import ConfigError
-from . import accounting, audit, data, mean_estimation, sim
+from . import accounting, advise, audit, data, mean_estimation, sim
 from .common import Parser, emit, fmt_eps, json_number
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "emit", "fmt_eps", "json_number"]
@@ -45,6 +45,9 @@ COMMANDS: dict[str, Command] = {
                           "users and examples-per-user statistics of a data source"),
     "plan": Command(data.configure_plan, data.plan_cmd,
                     "recommend k, q (cohort) and sigma for ELS and ULS at a compute budget and (epsilon, delta)"),
+    "advise": Command(advise.configure, advise.advise_cmd,
+                      "ELS or ULS for your users, (epsilon, delta) and compute: calibrated both ways, the averaging "
+                      "gain measured by a pilot, the predicted winner and its margin"),
 }
 
 

@@ -148,6 +148,15 @@ def data_stats_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def budget_options(p: argparse.ArgumentParser) -> None:
+    """--examples-per-step, --steps, --epsilon, --delta (plan and advise)."""
+    p.add_argument("--examples-per-step", type=float, required=True, metavar="B",
+                   help="compute budget: expected examples processed per step")
+    p.add_argument("--steps", type=int, required=True, metavar="T")
+    p.add_argument("--epsilon", type=float, required=True, metavar="E")
+    p.add_argument("--delta", type=float, required=True, metavar="D")
+
+
 # -- plan -----------------------------------------------------------------------------
 def _floats(text: str) -> list[float]:
     try:
@@ -161,11 +170,7 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--counts-file", metavar="FILE", help="examples per user, in rows of model.seq-len tokens (JSON "
                                                          "list or one integer a line), instead of a data source "
                                                          "(--source, --config, --set)")
-    p.add_argument("--examples-per-step", type=float, required=True, metavar="B",
-                   help="compute budget: expected examples processed per step")
-    p.add_argument("--steps", type=int, required=True, metavar="T")
-    p.add_argument("--epsilon", type=float, required=True, metavar="E")
-    p.add_argument("--delta", type=float, required=True, metavar="D")
+    budget_options(p)
     p.add_argument("--clip-norm", type=float, default=1.0, metavar="C")
     p.add_argument("--els-quantiles", type=_floats, default=None, help="quantiles of n_u tried as ELS k "
                                                                        "(default 0.5,0.75,0.9)")
