@@ -33,6 +33,20 @@ and the budget is under-spent; the result says so (`budget_met`).
 A candidate is infeasible (skipped) when q > 1 would be needed for B, except
 for the largest k, which is then reported with q = 1.
 
+**The averaging gain.** The NSR above counts noise per clipped *record* and
+so treats a clipped user mean (ULS) and a clipped example (ELS) as carrying the
+same signal. They do not: a user's mean over G examples points along the mean
+gradient better than one example, by the averaging gain a(G) = c_U(G) / c_E
+(cosines to the mean gradient; measured on the tiny LM at its starting weights,
+a ≈ 1.9 at G = 4 and ≈ 2.8 at G = 16 for independent examples, ≈ 1.1 for
+near-copies). Given a `Pilot` (`fl_userdp.local.pilot.measure_pilot`, or a
+file saved by `fl-userdp advise --save-pilot`), each candidate's ratio is
+divided by its record's measured cosine — `signal_noise_ratio` is then the noise
+per unit of signal along the mean gradient — and ULS takes the lowest, without
+the 10 % slack. Without one, the ratio is per record and its ULS-vs-ELS
+comparison is biased toward ELS by a; `fl-userdp advise` makes the comparison
+between modes with the measured gain (`fl_userdp.advisor`).
+
 **Units.** An example is one row of `model.seq-len` tokens of a user's
 tokenised text (the run packs each user's texts into such rows), so n_u, k
 and B all count rows of the run's `model.seq-len`; the same text gives other
@@ -68,6 +82,12 @@ class Candidate:
     noise_to_signal: float     # σC / expected count (ULS: qN users; ELS: q·n_k examples)
     kept_fraction: float       # Σ min(n_u, k) / Σ n_u
     budget_met: bool
+    record_cosine: float | None = None   # measured cosine of a record to the mean gradient (with a pilot)
+
+    @property
+    def score(self) -> float:
+        """Noise per unit of signal: the NSR divided by the record's measured cosine (the NSR without a pilot)."""
+        return self.noise_to_signal / self.record_cosine if self.record_cosine else self.noise_to_signal
 
 
 @dataclass(frozen=True)
@@ -133,8 +153,10 @@ def _candidates(counts: np.ndarray, quantiles: Sequence[float]) -> list[tuple[fl
 def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: int, epsilon: float,
               delta: float, clip_norm: float = 1.0, els_quantiles: Sequence[float] = ELS_QUANTILES,
               uls_quantiles: Sequence[float] = ULS_QUANTILES,
-              calibrate: Callable | None = None, seq_len: int | None = None) -> Plan:
+              calibrate: Callable | None = None, seq_len: int | None = None, pilot=None) -> Plan:
     """Evaluate the ELS and ULS candidates and pick one of each (see the module docstring).
+
+    `pilot` (a `fl_userdp.advisor.Pilot`): score candidates per unit of measured signal (`Candidate.score`).
 
     `seq_len` (tokens per example row, `model.seq-len`) only labels the unit of the counts.
     """
@@ -167,8 +189,9 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
         else:
             cohort = q * num
             nsr = sigma * clip_norm / cohort
+        cos = None if pilot is None else pilot_cosine(pilot, mode, int(k))
         return Candidate(mode, qt, int(k), q, spent, cohort, float(sigma), float(eps), float(nsr),
-                         s_k / total, spent >= B * (1 - 1e-9))
+                         s_k / total, spent >= B * (1 - 1e-9), cos)
 
     def evaluate(mode: str, quantiles: Sequence[float]) -> list[Candidate]:
         ks = _candidates(n, quantiles)
@@ -176,15 +199,29 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
         return [c for c in out if c is not None]
 
     els, uls = evaluate("els", els_quantiles), evaluate("uls", uls_quantiles)
-    best_els = min(els, key=lambda c: (not c.budget_met, c.noise_to_signal)) if els else None
+    best_els = min(els, key=lambda c: (not c.budget_met, c.score)) if els else None
     best_uls = None
-    if uls:
+    if uls and pilot is not None:
+        best_uls = min(uls, key=lambda c: (not c.budget_met, c.score))
+    elif uls:
         met = [c for c in uls if c.budget_met] or uls
         floor = min(c.noise_to_signal for c in met)
         best_uls = max((c for c in met if c.noise_to_signal <= floor * (1 + ULS_SLACK)), key=lambda c: c.k)
     qs = {f"p{int(round(100 * p))}": float(np.quantile(n, p)) for p in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)}
     return Plan(float(epsilon), float(delta), B, int(steps), float(clip_norm), num, total, qs, els, uls,
                 best_els, best_uls, None if seq_len is None else int(seq_len))
+
+
+def pilot_cosine(pilot, mode: str, k: int) -> float:
+    """The pilot's cosine of a record at cap k, interpolated linearly in log k between its measured caps
+    (held at the ends)."""
+    table = pilot.example_cosine if mode == "els" else pilot.user_cosine
+    caps = sorted(table)
+    return float(np.interp(math.log(k), [math.log(c) for c in caps], [table[c] for c in caps]))
+
+
+def pilot_used(plan: Plan) -> bool:
+    return any(c.record_cosine for c in plan.els + plan.uls)
 
 
 def format_plan(plan: Plan) -> str:
@@ -195,7 +232,7 @@ def format_plan(plan: Plan) -> str:
              f"{plan.target_epsilon:g}, delta {plan.delta:g}, clip norm {plan.clip_norm:g}",
              f"{plan.k_caps}; examples and examples/step count these rows",
              f"{'':1} {'mode':4} {'quant':>5} {'k':>5} {'q':>9} {'cohort':>8} {'ex/step':>8} {'sigma':>8} "
-             f"{'epsilon':>8} {'NSR':>9} {'kept':>5}"]
+             f"{'epsilon':>8} {'NSR':>9} {'kept':>5}" + (f" {'cosine':>7} {'NSR/cos':>9}" if pilot_used(plan) else "")]
     for best, rows in ((plan.best_els, plan.els), (plan.best_uls, plan.uls)):
         for c in rows:
             mark = "*" if c == best else " "
@@ -203,12 +240,17 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"{mark} {c.mode:4} {qt:>5} {c.k:>5} {c.sampling_rate:>9.4g} {c.expected_cohort:>8.1f} "
                          f"{c.expected_examples:>8.1f} {c.noise_multiplier:>8.4g} {c.epsilon:>8.4g} "
                          f"{c.noise_to_signal:>9.3g} {c.kept_fraction:>5.0%}"
+                         + (f" {c.record_cosine:>7.4f} {c.score:>9.3g}" if c.record_cosine else "")
                          + ("" if c.budget_met else "  (budget not met: q=1)"))
     for name, c in (("ELS", plan.best_els), ("ULS", plan.best_uls)):
         if c is not None:
             lines.append(f"recommended {name}: privacy.max-examples-per-user={c.k} "
                          f"privacy.sampling-rate={c.sampling_rate:.6g} privacy.noise-multiplier={c.noise_multiplier:.6g}"
-                         f"  (NSR {c.noise_to_signal:.3g})")
+                         f"  (NSR {c.noise_to_signal:.3g}" + (f", per unit of signal {c.score:.3g})" if c.record_cosine
+                                                            else ")"))
+    if not pilot_used(plan):
+        lines.append("NSR is per clipped record: it leaves out the averaging gain of a user's mean (ULS), so do not "
+                     "compare the modes by it; `fl-userdp advise` (or plan --pilot) measures the gain")
     return "\n".join(lines)
 
 

@@ -157,3 +157,28 @@ def test_run_refuses_seq_len_one(capsys):
     assert main(["run", "--set", "model.seq-len=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.seq-len" in err[0] and "got 1" in err[0]
+
+
+def test_a_pilot_scores_per_unit_of_measured_signal(tmp_path, capsys):
+    """With a pilot, each candidate's NSR is divided by its record's cosine (interpolated in log k), ULS
+    takes the lowest such score; the plain NSR output says it leaves out the averaging gain."""
+    from fl_userdp.advisor import Pilot
+    from fl_userdp.planner import pilot_cosine
+
+    pilot = Pilot(1000, {1: 0.05, 64: 0.05}, {1: 0.05, 4: 0.1, 16: 0.2, 64: 0.25})
+    assert pilot_cosine(pilot, "uls", 8) == pytest.approx(0.15)
+    assert pilot_cosine(pilot, "uls", 200) == pytest.approx(0.25)
+    plain = make_plan(COUNTS, 40, 100, 4.0, 1e-6, calibrate=fake_calibrate)
+    gained = make_plan(COUNTS, 40, 100, 4.0, 1e-6, calibrate=fake_calibrate, pilot=pilot)
+    for c in gained.uls:
+        assert c.score == pytest.approx(c.noise_to_signal / pilot_cosine(pilot, "uls", c.k))
+    assert gained.best_uls == min(gained.uls, key=lambda c: c.score)
+    assert all(c.record_cosine is None for c in plain.uls)
+    (tmp_path / "c.json").write_text(json.dumps(COUNTS.tolist()))
+    (tmp_path / "p.json").write_text(json.dumps({"pilot": pilot.to_dict()}))
+    base = ["plan", "--counts-file", str(tmp_path / "c.json"), "--examples-per-step", "40", "--steps", "10",
+            "--epsilon", "4", "--delta", "1e-6"]
+    assert main(base) == 0
+    assert "leaves out the averaging gain" in capsys.readouterr().out
+    assert main(base + ["--pilot", str(tmp_path / "p.json")]) == 0
+    assert "per unit of signal" in capsys.readouterr().out

@@ -132,10 +132,11 @@ def simulate_one(key: str, cfg: dict, mode: str) -> dict:
     t0 = time.perf_counter()
     run = fl_userdp.simulate(cfg, modes=[mode], backend="inprocess")[mode]
     recs = run.records
+    clipped = np.array([r["clipped_fraction"] for r in recs if r.get("clipped_fraction") is not None], dtype=float)
     return {"key": key, "eval_loss": recs[-1]["eval_loss"], "epsilon": run.epsilon, "sigma": run.noise_multiplier,
             "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"],
-            "clipped_fraction": float(np.mean([r.get("clipped_fraction", np.nan) for r in recs])),
-            "clipped_fraction_min": float(np.min([r.get("clipped_fraction", np.nan) for r in recs])),
+            "clipped_fraction": float(np.nanmean(clipped)) if clipped.size else None,
+            "clipped_fraction_min": float(np.nanmin(clipped)) if clipped.size else None,
             "users_sampled_mean": float(np.mean([r.get("users_sampled", 0) for r in recs])),
             "seconds": round(time.perf_counter() - t0, 2), "config": cfg}
 
@@ -220,7 +221,7 @@ def main() -> int:
         done[row["key"]] = row
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{row['key']}: loss {row['eval_loss']:.4f}  σ {row['sigma']:.3f}  clipped {row['clipped_fraction']:.3f}"
+        print(f"{row['key']}: loss {row['eval_loss']:.4f}  σ {row['sigma']:.3f}  clipped {row['clipped_fraction'] or 0:.3f}"
               f"  {row['seconds']:.0f} s", flush=True)
 
     def chain(cell: dict, mode: str):

@@ -40,7 +40,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _read_pilot(path: str):
+def read_pilot(path: str):
     from pathlib import Path
 
     from ..advisor import Pilot
@@ -65,7 +65,7 @@ def advise_cmd(a: argparse.Namespace) -> int:
         raise ConfigError("--pilot", None, "is required with --counts-file (the pilot needs the users' data: "
                                            "measure it once with --save-pilot where the data is)")
     cfg = _run_config(a)
-    pilot = _read_pilot(a.pilot) if a.pilot else None
+    pilot = read_pilot(a.pilot) if a.pilot else None
     if a.counts_file:
         counts = read_counts(a.counts_file)
     else:

@@ -176,6 +176,8 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
                                                                        "(default 0.5,0.75,0.9)")
     p.add_argument("--uls-quantiles", type=_floats, default=None, help="quantiles of n_u tried as ULS k "
                                                                        "(default 0.25,0.5,0.75,0.9)")
+    p.add_argument("--pilot", metavar="FILE.json", help="score per unit of measured signal with a pilot saved by "
+                                                        "`fl-userdp advise --save-pilot` (the averaging gain)")
     p.add_argument("--json", action="store_true")
 
 
@@ -190,8 +192,11 @@ def plan_cmd(a: argparse.Namespace) -> int:
                                                 "(exactly one) is required")
     cfg = _run_config(a)
     counts = read_counts(a.counts_file) if a.counts_file else _corpus(cfg).counts
+    from .advise import read_pilot
+
     plan = make_plan(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, a.clip_norm,
-                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=_row_len(cfg))
+                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=_row_len(cfg),
+                     pilot=read_pilot(a.pilot) if a.pilot else None)
     payload = plan.to_dict()
     payload["source"] = a.counts_file or cfg.data.source
     if a.json:

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Tables, figure and the advisor's hit rate for the crossover study, from its two logs only.
+
+    python experiments/crossover/report.py
+
+Reads results.jsonl and predictions.jsonl (written by run.py), writes results.md and elsvsuls.png
+next to this file and replaces the block between `<!-- crossover:start -->` and `<!-- crossover:end -->`
+in experiments/README.md with results.md. Per cell: each mode's tuning choice (replayed from the
+tuning runs with run.py's own search, so the lr and cap edges it checked are listed), held-out loss
+over the reporting seeds, ELS − ULS paired by seed with a two-sided paired t-test (n − 1 degrees of
+freedom), the advisor's prediction (written before the cell's runs) and whether it matched. A cell
+is decided when p < 0.05; the hit rate counts decided cells only.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import run  # noqa: E402
+from run import REPORT_SEEDS, cell_name, cells, load  # noqa: E402
+
+README = HERE.parent / "README.md"
+ALPHA = 0.05
+
+
+def replay(done: dict, cell: dict, mode: str):
+    """run.py's tuning search replayed on the logged losses: ((cap, lr), tried points) or None if unfinished."""
+    gen = run.tuning(cell, mode)
+    tried: dict = {}
+    reply = None
+    try:
+        while True:
+            points = gen.send(reply)
+            rows = [done.get(run.tune_key(cell, mode, c, lr)) for c, lr in points]
+            if any(r is None for r in rows):
+                return None
+            reply = {p: r["eval_loss"] for p, r in zip(points, rows)}
+            tried.update(reply)
+    except StopIteration as stop:
+        return stop.value, tried
+
+
+def seeds(done: dict, cell: dict, mode: str) -> list[dict] | None:
+    rows = [done.get(f"report|{cell_name(cell)}|{mode}|seed{s}") for s in REPORT_SEEDS]
+    return None if any(r is None for r in rows) else rows
+
+
+def edges(choice, tried) -> str:
+    """The lr and cap neighbours of the choice that were run (each did worse, by construction)."""
+    cap, lr = choice
+    lrs = sorted(l for c, l in tried if c == cap)
+    caps = sorted(c for c, l in tried if l == lr)
+    return f"lr {'/'.join(f'{x:g}' for x in lrs)}; cap {'/'.join(map(str, caps))}"
+
+
+def analyse(done: dict, predicted: dict, cell: dict) -> dict | None:
+    out = {"cell": cell, "name": cell_name(cell)}
+    for mode in ("uls", "els"):
+        tuned, rows = replay(done, cell, mode), seeds(done, cell, mode)
+        if tuned is None or rows is None:
+            return None
+        choice, tried = tuned
+        out[mode] = {"cap": choice[0], "lr": choice[1], "edges": edges(choice, tried),
+                     "loss": np.array([r["eval_loss"] for r in rows]), "sigma": rows[0]["sigma"],
+                     "epochs": rows[0]["epochs"], "q": rows[0]["q"],
+                     "clipped_min": min(r["clipped_fraction_min"] for r in rows
+                                        if r.get("clipped_fraction_min") is not None)}
+    d = out["els"]["loss"] - out["uls"]["loss"]
+    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    t = m / se if se > 0 else math.copysign(math.inf, m)
+    p = float(2 * stats.t.sf(abs(t), d.size - 1))
+    out.update(diff=m, se=se, t=t, df=d.size - 1, p=p,
+               outcome=("tie" if p >= ALPHA else ("uls" if m > 0 else "els")))
+    pred = predicted.get(f"predict|{cell_name(cell)}")
+    out["pred"] = pred
+    counts = run.counts_of(cell, REPORT_SEEDS[0])
+    out["epochs4"] = run.B * run.steps_of(cell) / float(np.minimum(counts, 4).sum())
+    return out
+
+
+def fmt(x: np.ndarray) -> str:
+    return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}"
+
+
+def label(cell: dict) -> str:
+    if cell["sim"] == "shakespeare":
+        return "Shakespeare"
+    return f"{cell['N']:,}"
+
+
+def main_table(rows: list[dict]) -> str:
+    head = ("| users | ε | within-user share | epochs (cap 4) | ULS loss | ULS G, lr | ELS loss | ELS k, lr | "
+            "q·T ULS / ELS | σ ULS / ELS | ELS − ULS (± SE) | t (df) | p | outcome | advisor (ELS/ULS SNR) | hit |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        u, e, pr = r["uls"], r["els"], r["pred"]
+        share = pr["pilot"]["within_user_share"] if pr else None
+        guess = "—" if pr is None else f"{pr['winner'].upper()}{' (close)' if pr['close'] else ''} {pr['margin']:.2f}"
+        lines.append(
+            f"| {label(r['cell'])} | {r['cell']['eps']:g} | {share:.2f} | {r['epochs4']:.3g} | {fmt(u['loss'])} | "
+            f"{u['cap']}, {u['lr']:g} | {fmt(e['loss'])} | {e['cap']}, {e['lr']:g} | {u['epochs']:.3g} / {e['epochs']:.3g} | "
+            f"{u['sigma']:.3f} / {e['sigma']:.3f} | {r['diff']:+.4f} ± {r['se']:.4f} | {r['t']:+.2f} ({r['df']}) | "
+            f"{r['p']:.3f} | {r['outcome'].upper() if r['outcome'] != 'tie' else 'tie'} | {guess} | {hit_mark(r)} |")
+    return "\n".join(lines)
+
+
+def hit_mark(r: dict) -> str:
+    if r["pred"] is None or r["outcome"] == "tie":
+        return "—"
+    return "✓" if r["pred"]["winner"] == r["outcome"] else "✗"
+
+
+def edges_table(rows: list[dict]) -> str:
+    lines = ["| cell | ULS choice (neighbours run) | ELS choice (neighbours run) | min clipped fraction ULS / ELS |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | G {r['uls']['cap']}, lr {r['uls']['lr']:g} ({r['uls']['edges']}) | "
+                     f"k {r['els']['cap']}, lr {r['els']['lr']:g} ({r['els']['edges']}) | "
+                     f"{r['uls']['clipped_min']:.3f} / {r['els']['clipped_min']:.3f} |")
+    return "\n".join(lines)
+
+
+def pilot_table(predicted: dict) -> str:
+    lines = ["| pilot (tuning seed) | within-user share | c_E (k = 1) | c_U(4) | c_U(16) | c_U(32) | a(4) | a(16) |",
+             "|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for key, p in sorted(predicted.items()):
+        c = p["cell"]
+        name = "Shakespeare" if c["sim"] == "shakespeare" else f"N {c['N']:,}, {c['sim']}"
+        if name in seen:
+            continue
+        seen.add(name)
+        ex, us = p["pilot"]["example_cosine"], p["pilot"]["user_cosine"]
+        lines.append(f"| {name} | {p['pilot']['within_user_share']:.3f} | {ex['1']:.4f} | {us['4']:.4f} | "
+                     f"{us['16']:.4f} | {us['32']:.4f} | {us['4'] / ex['4']:.2f} | {us['16'] / ex['16']:.2f} |")
+    return "\n".join(lines)
+
+
+def references(done: dict) -> str:
+    keys = sorted({k.split("|")[1] for k in done if k.startswith("reference|")})
+    lines = ["| population | ULS loss (σ = 0) | ELS loss (σ = 0) |", "|---|---|---|"]
+    for name in keys:
+        u, e = done.get(f"reference|{name}|uls"), done.get(f"reference|{name}|els")
+        lines.append(f"| {name} | {u['eval_loss']:.4f} | {e['eval_loss']:.4f} |" if u and e else f"| {name} | … | … |")
+    return "\n".join(lines)
+
+
+def hit_rate(rows: list[dict]) -> tuple[str, list[str]]:
+    decided = [r for r in rows if r["outcome"] != "tie" and r["pred"] is not None]
+    hits = [r for r in decided if r["pred"]["winner"] == r["outcome"]]
+    sure = [r for r in decided if not r["pred"]["close"]]
+    sure_hits = [r for r in sure if r["pred"]["winner"] == r["outcome"]]
+    misses = [f"{r['name']}: predicted {r['pred']['winner'].upper()} (SNR ratio {r['pred']['margin']:.3f}"
+              f"{', close' if r['pred']['close'] else ''}), measured {r['outcome'].upper()} "
+              f"({r['diff']:+.4f} ± {r['se']:.4f}, p {r['p']:.3f})" for r in decided if r not in hits]
+    ties = sum(r["outcome"] == "tie" for r in rows)
+    text = (f"Advisor: **{len(hits)} of {len(decided)}** decided cells predicted right"
+            f" ({len(sure_hits)} of {len(sure)} where it did not call the cell close); {ties} of {len(rows)} cells "
+            f"undecided (p ≥ {ALPHA}).")
+    return text, misses
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {1.0: "tab:blue", 4.0: "tab:orange", 16.0: "tab:green"}
+    for eps, colour in colours.items():
+        sel = sorted((r for r in rows if r["cell"]["eps"] == eps and r["cell"]["sim"] == "independent"),
+                     key=lambda r: r["epochs4"])
+        if not sel:
+            continue
+        x = np.array([r["epochs4"] for r in sel])
+        ax.errorbar(x, [r["diff"] for r in sel], yerr=[2 * r["se"] for r in sel], marker="o", color=colour,
+                    capsize=3, label=f"ε = {eps:g} (measured, ± 2 SE)")
+        logm = np.array([math.log(r["pred"]["margin"]) if r["pred"] else np.nan for r in sel])
+        for i in range(len(sel) - 1):      # the advisor's crossover: where its log SNR ratio changes sign
+            if logm[i] > 0 >= logm[i + 1]:
+                frac = logm[i] / (logm[i] - logm[i + 1])
+                cross = math.exp(math.log(x[i]) + frac * (math.log(x[i + 1]) - math.log(x[i])))
+                ax.axvline(cross, color=colour, linestyle="--", alpha=0.7,
+                           label=f"ε = {eps:g}: advisor's crossover ≈ {cross:.2g} epochs")
+                break
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("compute in epochs (B·T / Σ min(n_u, 4); population 100,000 → 150)")
+    ax.set_ylabel("held-out loss ELS − ULS (> 0: ULS better)")
+    ax.set_title("ELS vs ULS, tiny LM + LoRA, B = 64, T = 100, each mode tuned")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    done, predicted = load(run.RESULTS), load(run.PREDICTIONS)
+    rows = [r for r in (analyse(done, predicted, c) for c in cells("main,diversity,shakespeare")) if r is not None]
+    main_rows = [r for r in rows if r["cell"]["sim"] == "independent"]
+    div_rows = [r for r in rows if r["cell"]["sim"] not in ("independent", "shakespeare")]
+    div_rows += [r for r in main_rows if r["cell"]["eps"] == 4.0 and r["cell"]["N"] in (2_000, 150)]
+    div_rows.sort(key=lambda r: (r["cell"]["N"], r["pred"]["pilot"]["within_user_share"] if r["pred"] else 0))
+    real = [r for r in rows if r["cell"]["sim"] == "shakespeare"]
+    rate, misses = hit_rate(rows)
+    parts = [
+        f"Held-out loss after the run (mean ± sd over seeds {', '.join(map(str, REPORT_SEEDS))}); ELS − ULS "
+        f"paired by seed (> 0: ULS better), two-sided paired t-test with n − 1 = {len(REPORT_SEEDS) - 1} degrees of "
+        f"freedom, outcome = the better mode where p < {ALPHA}, else tie. *epochs (cap 4)* = B·T / Σ min(n_u, 4); "
+        "q·T = each mode's own passes at its chosen cap. Advisor: its prediction, written before the cell's runs "
+        "(ELS/ULS = ratio of the update SNRs of each mode's best cap; *close* = within 1.25×).",
+        "", "**Compute (epochs) × ε** (synthetic users, independent examples):", "", main_table(main_rows)]
+    if div_rows:
+        parts += ["", "**Within-user similarity** (`data.example-similarity` 0 / 0.8 / 0.95; ε = 4):", "",
+                  main_table(div_rows)]
+    if real:
+        parts += ["", "**Real users** (Shakespeare, byte-level tiny LM, T = 300):", "", main_table(real)]
+    parts += ["", rate, ""]
+    parts += [f"- miss: {m}" for m in misses] or ["- no misses"]
+    parts += ["", "Pilot cosines to the mean gradient at the starting weights (c_E: one example; c_U(G): a user's "
+              "mean over G examples; a(G) = c_U(G) / c_E(G), the averaging gain):", "", pilot_table(predicted),
+              "", "Tuning choices and the neighbours run around them (each worse than the choice), and the smallest "
+              "clipped fraction of any round of the reporting runs:", "", edges_table(rows),
+              "", "No noise (σ = 0, cap 4, lr 0.02, seed 0, T = 100):", "", references(done),
+              "", "![ELS − ULS against epochs](crossover/elsvsuls.png)"]
+    text = "\n".join(parts) + "\n"
+    (HERE / "results.md").write_text(text)
+    figure(rows, HERE / "elsvsuls.png")
+    readme = README.read_text()
+    start, end = "<!-- crossover:start -->", "<!-- crossover:end -->"
+    if start in readme and end in readme:
+        before, rest = readme.split(start, 1)
+        README.write_text(before + start + "\n" + text + end + rest.split(end, 1)[1])
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
