@@ -4,8 +4,9 @@ Two sources, one interface (`.random(n)`, `.standard_normal(n)`):
 
 * **Seeded, per release** (`release_rng`): a numpy Generator keyed by the
   run's seed *and* a digest of everything the release is made of — the mode,
-  the round, the noise std σC, the expected count, and the exact bytes of the
-  clipped sum. Two releases draw the same noise only when they are bitwise the
+  the round, the noise std σC, the expected count, the exact bytes of the
+  clipped sum and, with adaptive clipping, the count's noise std and the
+  centred count it is added to. Two releases draw the same noise only when they are bitwise the
   same release (then publishing both says nothing new); any two that can
   differ — ULS and ELS of one `compare`, two runs whose config or data
   differ, a round whose replies differ — get independent noise, so no linear
@@ -57,18 +58,24 @@ class SecureGenerator:
         return (self.random(int(size) * int(trials)).reshape(int(size), int(trials)) < p).sum(axis=1)
 
 
-def release_key(mode: str, rnd: int, noise_std: float, expected: float, total: np.ndarray) -> int:
-    """A 256-bit digest of one release's inputs: mode, round, σC, expected count and the clipped sum's bytes."""
+def release_key(mode: str, rnd: int, noise_std: float, expected: float, total: np.ndarray,
+                extra: tuple[float, ...] = ()) -> int:
+    """A 256-bit digest of one release's inputs: mode, round, σC, expected count and the clipped sum's bytes,
+    and `extra`: every other released quantity's inputs (adaptive clipping: the count's noise std and the
+    centred count itself), so each quantity drawn from this generator is keyed by what it is released with."""
     h = hashlib.sha256()
-    h.update(json.dumps([str(mode), int(rnd), float(noise_std).hex(), float(expected).hex()]).encode())
+    head = [str(mode), int(rnd), float(noise_std).hex(), float(expected).hex()]
+    if extra:
+        head.append([float(x).hex() for x in extra])
+    h.update(json.dumps(head).encode())
     h.update(np.ascontiguousarray(total, dtype=np.float64).tobytes())
     return int.from_bytes(h.digest(), "little")
 
 
 def release_rng(seed: int, mode: str, rnd: int, noise_std: float, expected: float,
-                total: np.ndarray) -> np.random.Generator:
+                total: np.ndarray, extra: tuple[float, ...] = ()) -> np.random.Generator:
     """The seeded noise generator of one release (see the module docstring)."""
-    return rng_for(seed, "noise", rnd, key=release_key(mode, rnd, noise_std, expected, total))
+    return rng_for(seed, "noise", rnd, key=release_key(mode, rnd, noise_std, expected, total, extra))
 
 
 def gaussian_noise(size: int, std: float, rng) -> np.ndarray:

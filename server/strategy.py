@@ -270,11 +270,13 @@ class UserDPStrategy:
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
         # 5. noise once (drawn for this release only), divide by the expected count; with adaptive clipping
-        #    the centred unclipped count is released with it (its own noise, from the same generator)
+        #    the centred unclipped count is released with it (its own noise, from the same generator, which
+        #    is keyed by the count and the count's noise std as well)
         C = self.clip_norm
         std = C * self.noise_multiplier
+        extra = (self.count_noise, st["unclipped_centred"]) if self.adaptive else ()
         rng = SecureGenerator() if p.secure_mode else \
-            release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total)
+            release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total, extra)
         rel = release(total, C, self.noise_multiplier, self.expected, rng)
         adapt = {}
         if self.adaptive:

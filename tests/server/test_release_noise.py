@@ -57,3 +57,22 @@ def test_rounds_of_one_run_have_independent_noise(tmp_path):
     single = run(tmp_path, "one-round", ("els",), **{"train.rounds": 1})
     w1 = weight_change(single, "els")
     assert abs(corr(w1, w2 - w1)) < 0.1
+
+
+def test_count_noise_is_keyed_by_the_count_and_its_scale(tmp_path):
+    """Adaptive clipping releases a noised centred count with the sum. Two runs differing only in the count's
+    noise multiplier must not share its noise draw: with a shared draw z, the two published fractions
+    b̃_i = (c + σ_i z) / E + ½ solve for the exact centred count c."""
+    from fl_userdp.release_log import read_log
+
+    fractions = {}
+    for sb in (0.5, 3.0):
+        out = run(tmp_path, f"count-{sb}", ("uls",), **{"privacy.noise-multiplier": 2.0,
+                                                        "privacy.adaptive-clip-quantile": 0.5,
+                                                        "privacy.count-noise-multiplier": sb, "train.rounds": 1})
+        entry = read_log(log_path(out, "uls")).releases[0]
+        fractions[sb] = (entry["unclipped_fraction"], entry["expected_count"])
+    (f1, e), (f2, _) = fractions[0.5], fractions[3.0]
+    # if z were shared: c = ((f1 - ½)·3.0 − (f2 - ½)·0.5)·E / (3.0 − 0.5); c must be in [-n/2, n/2] and a half-integer
+    solved = ((f1 - 0.5) * 3.0 - (f2 - 0.5) * 0.5) * e / (3.0 - 0.5)
+    assert abs(solved * 2 - round(solved * 2)) > 1e-6, f"the count noise was shared: centred count {solved}"
