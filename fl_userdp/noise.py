@@ -13,8 +13,9 @@ Two sources, one interface (`.random(n)`, `.standard_normal(n)`):
   combination of published updates cancels it. One run with one config and
   one dataset stays reproducible. The guarantee of a seeded run holds against
   anyone who does not know the seed.
-* **OS entropy** (`SecureGenerator`): uniforms from `os.urandom`, normals by
-  Box–Muller. Used for noise *and* sampling in secure mode
+* **OS entropy** (`SecureGenerator`): uniforms from `os.urandom`, each normal
+  the halved sum of four Box–Muller draws (`secure_standard_normal`: resistant
+  to floating-point attacks on a single draw). Used for noise *and* sampling in secure mode
   (`privacy.secure-mode`): knowing the seed predicts neither.
 
 Float64 throughout; the result is cast by the caller.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -35,13 +37,35 @@ def _os_uniform(n: int) -> np.ndarray:
     return (bits.astype(np.float64) + 1.0) / float(1 << 53)  # in (0, 1]
 
 
-def secure_standard_normal(n: int) -> np.ndarray:
-    """n standard normals from OS entropy (Box–Muller: one pair (r cos θ, r sin θ) per two uniforms)."""
+SECURE_DRAWS = 4  # normals summed per secure output (opacus' secure mode: 4 draws, halved)
+
+
+def box_muller(n: int) -> np.ndarray:
+    """n standard normals from OS entropy by Box–Muller (one pair (r cos θ, r sin θ) per two uniforms)."""
     m = (n + 1) // 2
     u1, u2 = _os_uniform(m), _os_uniform(m)
     r = np.sqrt(-2.0 * np.log(u1))
     z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])
     return z[:n]
+
+
+def secure_standard_normal(n: int) -> np.ndarray:
+    """n standard normals from OS entropy, resistant to floating-point attacks: each is the sum of
+    `SECURE_DRAWS` = 4 independent Box–Muller draws divided by 2 (variance 4 / 4 = 1).
+
+    Why not one draw: a float64 sample of a textbook sampler (Box–Muller, polar, Ziggurat) cannot take
+    every float value, and which low-order bit patterns it can take depends on the value it was added to,
+    so a released x + noise can reveal x (Mironov 2012 for the Laplace mechanism; Jin, McMurtry,
+    Rubinstein & Ohrimenko 2022 for Gaussian samplers, Box–Muller included). Summing several
+    independent draws spreads each output over many (draw, draw, ...) combinations, which removes the
+    gaps those attacks read (Holohan & Braghin 2021, the construction opacus' `secure_mode` uses:
+    `_generate_noise` sums 4 normals of std σ and halves them). The sum of 4 independent N(0, 1) halved is
+    exactly N(0, 1), so the accountant's analysis is unchanged.
+    """
+    z = box_muller(int(n))
+    for _ in range(SECURE_DRAWS - 1):
+        z += box_muller(int(n))
+    return z / math.sqrt(SECURE_DRAWS)
 
 
 class SecureGenerator:

@@ -119,3 +119,19 @@ def test_secure_runs_sample_different_cohorts_at_the_declared_rate():
     sizes = [poisson_users(SecureGenerator(), 2000, 0.2).size for _ in range(200)]
     assert np.mean(sizes) == pytest.approx(400, rel=0.02)
     assert np.std(sizes) == pytest.approx(np.sqrt(2000 * 0.2 * 0.8), rel=0.25)
+
+
+def test_secure_normals_are_four_box_muller_draws_halved(monkeypatch):
+    """Floating-point attacks read the gaps of a single sampler draw: each secure normal is the sum of
+    4 independent Box–Muller draws divided by 2 (opacus' secure mode), and is exactly N(0, 1)."""
+    import fl_userdp.noise as noise
+
+    calls = []
+    monkeypatch.setattr(noise, "box_muller", lambda n: calls.append(n) or np.full(n, float(len(calls))))
+    np.testing.assert_allclose(noise.secure_standard_normal(3), (1 + 2 + 3 + 4) / 2)
+    assert calls == [3, 3, 3, 3]
+    monkeypatch.undo()
+    z = noise.secure_standard_normal(200_000)
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+    assert z.std() == pytest.approx(1.0, rel=0.01)
+    assert stats.kurtosis(z) == pytest.approx(0.0, abs=0.05)
