@@ -101,11 +101,12 @@ def test_secure_uniforms_stay_in_the_unit_interval_at_both_extremes(urandom_byte
 
 
 def test_secure_normals_are_finite_at_both_extremes(urandom_bytes):
-    """Box–Muller takes log of uniforms in (0, 1]: never log(0); the tail ends at sqrt(-2 ln 2^-53)."""
+    """Box–Muller takes log of uniforms in (0, 1]: never log(0); one draw's tail ends at sqrt(-2 ln 2^-53),
+    and a secure normal is 4 such draws halved (2 × the tail when every byte is 0)."""
     urandom_bytes(0x00)
     z = secure_standard_normal(3)
     assert z.shape == (3,) and np.all(np.isfinite(z))
-    assert z[0] == pytest.approx(math.sqrt(-2 * math.log(2.0 ** -53)), rel=1e-12)
+    assert z[0] == pytest.approx(2 * math.sqrt(-2 * math.log(2.0 ** -53)), rel=1e-12)
     urandom_bytes(0xFF)
     np.testing.assert_array_equal(secure_standard_normal(3), np.zeros(3))  # u = 1: radius 0
 
@@ -539,7 +540,8 @@ def test_a_healthy_run_has_no_stop_reason():
 
 
 def test_adaptive_clipping_releases_the_noised_centred_count_of_unclipped_records():
-    """b̃ = (Σ (b_i − ½) + σ_b z) / expected + ½, z drawn from the release's generator after the sum's noise."""
+    """b̃ = (Σ (b_i − ½) + σ_b z) / expected + ½, z drawn from the release's generator (keyed by the count and
+    σ_b too) after the sum's noise."""
     cfg = strategy_cfg(**{"privacy.adaptive-clip-quantile": 0.5})
     s = make_strategy(cfg)
     requests = s.sample(1)
@@ -547,7 +549,7 @@ def test_adaptive_clipping_releases_the_noised_centred_count_of_unclipped_record
     total, st = s.collect(requests, transport(requests, s.weights_list()))
     records = sum(r.count for r in requests.values())
     assert st["unclipped_centred"] == pytest.approx((records - len(requests)) - records / 2)
-    rng = release_rng(cfg.seed, "uls", 1, 0.5 * 1.0, s.expected, total)
+    rng = release_rng(cfg.seed, "uls", 1, 0.5 * 1.0, s.expected, total, (s.count_noise, st["unclipped_centred"]))
     rng.standard_normal(total.size)
     want = unclipped_fraction(st["unclipped_centred"] + s.count_noise * rng.standard_normal(1)[0], s.expected)
     rec = s.run_round(transport)
