@@ -117,7 +117,7 @@ def logged_sigma(out: str | Path, mode: str) -> float | None:
     return float(run["noise_multiplier"]) if run else None
 
 
-def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
+def check_resume(cfg: RunConfig, out: str | Path, modes: list[str], every_mode: bool = True) -> None:
     """Before anything starts: every release log and checkpoint `--resume` would load must be trustworthy.
 
     Raises ConfigError (one line) for a log or checkpoint written for another config, a checkpoint without
@@ -127,6 +127,8 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
     from .strategy import check_identity, with_mode
 
     out = Path(out)
+    if every_mode:  # a mode's resume inside a run that checked the folder first need not repeat this
+        check_modes_held(out, modes)
     for mode in modes:
         mcfg, ckpt, path = with_mode(cfg, mode), checkpoint_path(out, mode), log_path(out, mode)
         contents = read_log(path)
@@ -166,19 +168,43 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str]) -> None:
                               "rounds; refusing to resume (the budget would reset); run without --resume to start over")
 
 
-def check_fresh(out: str | Path, modes: list[str]) -> None:
-    """A fresh start must not overwrite the record of releases already made: a release log with releases, a
-    checkpoint or metrics records of the mode (ConfigError naming --out)."""
+MODES = ("uls", "els")
+
+
+def held_releases(out: str | Path) -> dict[str, str]:
+    """{mode: what of it `out` holds} for every mode with a release log with releases, a checkpoint or
+    metrics records there."""
     out = Path(out)
     metrics = report.read_records(out / report.METRICS)
-    for mode in modes:
+    held = {}
+    for mode in MODES:
         contents = read_log(log_path(out, mode))
-        held = (f"{len(contents.releases)} released {mode} rounds ({log_path(out, mode).name})" if contents.releases
+        what = (f"{len(contents.releases)} released {mode} rounds ({log_path(out, mode).name})" if contents.releases
                 else f"a {mode} checkpoint ({checkpoint_path(out, mode).name})" if checkpoint_path(out, mode).exists()
                 else f"{mode} rounds in {report.METRICS}" if any(r.get("mode") == mode for r in metrics) else None)
-        if held:
-            raise ConfigError("--out", str(out), f"already holds {held}; continue them with --resume, or choose "
-                              "another --out")
+        if what:
+            held[mode] = what
+    return held
+
+
+def check_fresh(out: str | Path, modes: list[str], every_mode: bool = True) -> None:
+    """A folder holds one accounting: a fresh start into a folder that holds releases of *any* mode — a
+    release log with releases, a checkpoint or metrics records — is refused (ConfigError naming --out), so
+    no summary there can report one mode's ε while another mode's releases of the same users sit beside it.
+    `every_mode=False` checks `modes` only (a mode's start inside a run that checked the folder first)."""
+    held = {m: w for m, w in held_releases(out).items() if every_mode or m in modes}
+    if held:
+        raise ConfigError("--out", str(out), f"already holds {'; '.join(held.values())}; continue with --resume "
+                          "(every mode it holds), or choose another --out (a folder holds one accounting)")
+
+
+def check_modes_held(out: str | Path, modes: list[str]) -> None:
+    """A resume continues every mode the folder holds (else its summary would leave one mode's releases out)."""
+    others = [m for m in held_releases(out) if m not in modes]
+    if others:
+        raise ConfigError("--resume", str(out), f"also holds {', '.join(o.upper() for o in others)} releases: "
+                          f"resume all of its modes together ({'compare' if len(others) + len(modes) > 1 else 'run'}"
+                          " --resume), so the folder's all-modes epsilon covers them")
 
 
 def _ledger_runs(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
@@ -231,10 +257,10 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
     publish = cfg.privacy.publish_diagnostics
     log, metrics = _log_of(out, mode), out / report.METRICS
     if resume:
-        check_resume(cfg, out, [mode])
+        check_resume(cfg, out, [mode], every_mode=False)
     contents = log.open() if resume and log.path.exists() else None
     if contents is None:
-        check_fresh(out, [mode])
+        check_fresh(out, [mode], every_mode=False)
     sigma = float(contents.run["noise_multiplier"]) if contents else setup.sigmas.get(mode)
     if contents and cfg.privacy.noise_multiplier is not None and cfg.privacy.noise_multiplier != sigma:
         raise ConfigError("privacy.noise-multiplier", cfg.privacy.noise_multiplier,

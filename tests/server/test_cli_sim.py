@@ -81,3 +81,28 @@ def test_cuda_device_without_cuda_is_refused_with_one_line(tmp_path, capsys):
                  "--set", "model.device=cuda", "--set", "data.num-users=8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.device" in err and "'cuda'" in err and "Traceback" not in err
+
+
+def test_a_folder_holds_one_accounting(tmp_path, capsys):
+    """`run --mode uls` then `run --mode els` into one folder: the second is refused (its summary would report
+    ELS alone beside the ULS releases of the same users); resuming one mode of a two-mode folder is refused
+    too; a compare there resumes both and states the all-modes ε."""
+    base = ["--backend", "inprocess", "--rounds", "1", "--out", str(tmp_path), "--no-progress",
+            "--set", "model.name=linear", "--set", "data.num-users=40", "--set", "sim.users-per-node=20",
+            "--set", "privacy.noise-multiplier=1", "--set", "train.eval-every=0"]
+    assert main(["run", "--mode", "uls", *base]) == 0
+    capsys.readouterr()
+    assert main(["run", "--mode", "els", *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "released uls rounds" in err[0] and "one accounting" in err[0]
+    assert main(["compare", *base]) == 2                         # a fresh compare over it: refused as well
+    capsys.readouterr()
+    both = tmp_path / "both"
+    args = [a if a != str(tmp_path) else str(both) for a in base]
+    assert main(["compare", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", "--mode", "uls", "--resume", *[a if a != "1" else "2" for a in args]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "also holds ELS releases" in err[0]
+    assert main(["compare", "--resume", *[a if a != "1" else "2" for a in args]]) == 0
+    assert "all modes together" in capsys.readouterr().err
