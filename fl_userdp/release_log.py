@@ -17,6 +17,11 @@ ledger or written anywhere else. So:
   checkpoint at round r) drops the updates of rounds ≤ r and keeps every
   ledger entry, so a long run's log stays small.
 
+Every log names its run: `start` draws a random run id (128 bits from the OS) and every entry carries
+it, as does the run's checkpoint; `open` refuses a log whose entries name another run, and the runner
+refuses a checkpoint of another run, so a log copied from another run (even one with the same config)
+is not replayed as this one's.
+
 Framing of an entry: b"FLRL", header length (uint32 LE), payload length
 (uint64 LE), the JSON header, the payload bytes, SHA-256 of header + payload.
 A last entry that is cut short (or, being last, fails its checksum: a write
@@ -39,7 +44,7 @@ import numpy as np
 from .errors import ConfigError
 
 MAGIC = b"FLRL"
-VERSION = 1
+VERSION = 2   # 2: every entry carries the run's id
 _FRAME = struct.Struct("<4sIQ")
 
 
@@ -132,11 +137,15 @@ class ReleaseLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.run_id: str | None = None
 
     def start(self, run: dict[str, Any]) -> None:
-        """Begin a fresh log holding only the run entry (replaces any old one)."""
+        """Begin a fresh log holding only the run entry (replaces any old one), under a new random run id."""
+        import secrets
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path, _frame({**run, "kind": "run", "version": VERSION}, b""))
+        self.run_id = secrets.token_hex(16)
+        _write_atomic(self.path, _frame({**run, "kind": "run", "version": VERSION, "run_id": self.run_id}, b""))
 
     def open(self) -> LogContents:
         """Read the log for continuing it; a damaged tail (a release nobody saw) is cut off."""
@@ -149,6 +158,12 @@ class ReleaseLog:
         if contents.run.get("version") != VERSION:
             raise ConfigError("--resume", str(self.path),
                               f"has release-log version {contents.run.get('version')!r}, expected {VERSION}")
+        run_id = contents.run.get("run_id")
+        foreign = next((r for r in contents.releases if r.get("run_id") != run_id), None)
+        if not run_id or foreign is not None:
+            raise ConfigError("--resume", str(self.path), f"holds an entry of another run (round "
+                              f"{foreign['round'] if foreign else '-'}); refusing to resume")
+        self.run_id = run_id
         rounds = [int(r["round"]) for r in contents.releases]
         if rounds != list(range(1, len(rounds) + 1)):
             raise ConfigError("--resume", str(self.path), "has releases out of order; refusing to resume")
@@ -161,7 +176,10 @@ class ReleaseLog:
 
     def append(self, header: dict[str, Any], update: np.ndarray) -> None:
         """Append one release and fsync it; returns only once it is durable."""
-        blob = _frame({**header, "kind": "release"}, np.ascontiguousarray(update, dtype="<f8").tobytes())
+        if self.run_id is None:
+            raise RuntimeError("start() or open() the log before appending to it")
+        blob = _frame({**header, "kind": "release", "run_id": self.run_id},
+                      np.ascontiguousarray(update, dtype="<f8").tobytes())
         with open(self.path, "ab") as fh:
             fh.write(blob)
             fh.flush()

@@ -159,6 +159,9 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str], every_mode: 
             if contents.run is None:
                 raise ConfigError("--resume", str(path), "is missing but a checkpoint exists; refusing to resume "
                                   "(releases after the checkpoint could not be accounted)")
+            if meta.get("run_id") != contents.run.get("run_id"):
+                raise ConfigError("--resume", str(ckpt), "belongs to another run than its release log (their run "
+                                  "ids differ); refusing to resume")
             size = int(contents.run.get("size", -1))
             if np.shape(arrays.get("weights")) != (size,):
                 raise ConfigError("--resume", list(np.shape(arrays.get("weights"))),
@@ -277,7 +280,8 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
     records = _restore_records(metrics, strategy, contents, publish)
 
     def save() -> None:
-        save_checkpoint(checkpoint_path(out, mode), *strategy.state())
+        meta, arrays = strategy.state()
+        save_checkpoint(checkpoint_path(out, mode), {**meta, "run_id": log.run_id}, arrays)
         log.compact(strategy.round)
 
     while strategy.round < cfg.train.rounds:

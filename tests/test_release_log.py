@@ -26,7 +26,8 @@ def filled(tmp_path, rounds: int = 4) -> ReleaseLog:
 def test_round_trip(tmp_path):
     log = filled(tmp_path)
     c = log.open()
-    assert c.run["noise_multiplier"] == 1.5 and c.run["version"] == 1 and not c.torn
+    assert c.run["noise_multiplier"] == 1.5 and c.run["version"] == 2 and not c.torn
+    assert len(c.run["run_id"]) == 32 and all(e["run_id"] == c.run["run_id"] for e in c.releases)
     assert [e["round"] for e in c.releases] == [1, 2, 3, 4] and c.last_round == 4
     for r in range(1, 5):
         np.testing.assert_array_equal(c.updates[r], np.full(5, float(r)))
@@ -87,3 +88,20 @@ def test_a_damaged_entry_with_data_after_it_is_refused_not_cut(tmp_path):
     with pytest.raises(ConfigError, match="damaged after"):
         log.open()
     assert log.path.read_bytes() == bytes(data)
+
+
+def test_entries_of_another_run_are_refused(tmp_path):
+    """Two runs of one config have different run ids; a log spliced from both is refused on resume."""
+    a, b = filled(tmp_path / "a", 2), filled(tmp_path / "b", 3)
+    assert a.run_id != b.run_id
+    from fl_userdp.release_log import _frame
+
+    theirs = read_log(b.path)
+    assert theirs.releases[2]["run_id"] == b.run_id           # an entry carries its run's id...
+    with open(a.path, "ab") as fh:                            # ...so b's round 3 spliced onto a's log shows
+        fh.write(_frame(theirs.releases[2], theirs.updates[3].tobytes()))
+    with pytest.raises(ConfigError, match="another run"):
+        ReleaseLog(a.path).open()
+    other = ReleaseLog(tmp_path / "fresh.log")
+    with pytest.raises(RuntimeError):
+        other.append(entry(1), np.zeros(5))                  # a log must be started or opened first

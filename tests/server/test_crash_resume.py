@@ -284,3 +284,16 @@ def test_releases_the_log_lost_or_a_fresh_start_over_a_checkpoint_are_refused(tm
     log.unlink()
     refused(capsys, run_args(out), "--out", "already holds a els checkpoint")
     log.write_bytes(blob)
+
+
+def test_a_release_log_from_another_run_is_refused(tmp_path, capsys):
+    """Two runs of one config into two folders; the second's log copied over the first's (whose checkpoint
+    stays): the run ids differ, so the resume is refused instead of replaying a foreign log."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert main(run_args(out, 2)) == 0
+    capsys.readouterr()
+    shutil.copy(log_path(b, "els"), log_path(a, "els"))
+    refused(capsys, run_args(a, 4, "--resume"), "belongs to another run")
