@@ -121,10 +121,15 @@ class UserDPFedAvg(Strategy):
         flat0 = np.concatenate([a.ravel() for a in current]) if current else np.zeros(0)
         # 3./4. collect, validate, clip per user
         total, replied, clipped = np.zeros_like(flat0), 0, 0
+        taken: set[int] = set()            # at most one reply per sampled node: one user, one record
         for rep in replies:
-            upd = self._update(rep, keys, current, flat0)
-            if upd is None or rep.metadata.src_node_id not in self.requested:
+            node = rep.metadata.src_node_id
+            if node in taken or node not in self.requested:
                 continue
+            upd = self._update(rep, keys, current, flat0)
+            if upd is None:
+                continue
+            taken.add(node)
             norm = float(np.linalg.norm(upd))
             total += upd * float(clip_factors(np.array([norm]), self.clip)[0])
             replied, clipped = replied + 1, clipped + (norm > self.clip)

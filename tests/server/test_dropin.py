@@ -134,3 +134,21 @@ def test_side_by_side_with_flowers_own_dp_wrapper_through_the_engine():
     assert res["ours_epsilon_pld_poisson"] == pytest.approx(want, rel=1e-12)
     assert res["ours_epsilon_pld_poisson"] < res["flower_rdp_with_poisson_amplification"] \
         < res["flower_epsilon_rdp_no_amplification"]
+
+
+class EchoTwice(Grid):
+    """Every sampled node's reply arrives twice (a retry, or a node answering twice)."""
+
+    def send_and_receive(self, messages, timeout=None):
+        out = super().send_and_receive(messages, timeout)
+        return out + out
+
+
+def test_one_reply_per_sampled_node():
+    """A node is one user: a second reply from it is not summed (it would double that user's sensitivity)."""
+    once = UserDPFedAvg(sampling_rate=0.25, noise_multiplier=0.0, clipping_norm=0.5, delta=1e-5, seed=3)
+    twice = UserDPFedAvg(sampling_rate=0.25, noise_multiplier=0.0, clipping_norm=0.5, delta=1e-5, seed=3)
+    a = start(once, Grid(), 1).arrays.to_numpy_ndarrays()[0]
+    b = start(twice, EchoTwice(), 1).arrays.to_numpy_ndarrays()[0]
+    np.testing.assert_array_equal(a, b)
+    assert twice.history[0]["nodes_replied"] == len(twice.requested)
