@@ -185,7 +185,11 @@ def _check(cfg: RunConfig) -> RunConfig:
          p.noise_multiplier, "must be >= 0 (or 'auto' to calibrate)")
     need(0 < p.target_epsilon < math.inf, "privacy.target-epsilon", p.target_epsilon, "must be > 0")
     need(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
-    need(0 < p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate, "must be in (0, 1]")
+    need(1e-7 <= p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate,
+         "must be in [1e-07, 1] (below it no population is large enough for a cohort; fl_userdp.accounting.events)")
+    need(p.noise_multiplier is None or p.noise_multiplier == 0 or p.noise_multiplier >= 0.01,
+         "privacy.noise-multiplier", p.noise_multiplier, "must be 0 (no noise) or >= 0.01 (below it epsilon runs "
+         "to the thousands and cannot be accounted accurately)")
     need(p.max_examples_per_user >= 1, "privacy.max-examples-per-user", p.max_examples_per_user, "must be >= 1")
     need(p.accountant in ("pld", "rdp", "group") or _PLUGIN.match(p.accountant) is not None, "privacy.accountant",
          p.accountant, "must be 'pld', 'rdp', 'group' or a plug-in 'package.module:Factory'")

@@ -196,14 +196,40 @@ def test_a_sum_scaled_onto_the_bound_exactly_is_not_shaved_below_it():
 
 
 # -- accounting events ---------------------------------------------------------------------------
-@pytest.mark.parametrize("q", [0.0, -0.1, 1.5, math.nan, "0.1", None])
+@pytest.mark.parametrize("q", [0.0, -0.1, 1.5, math.nan, "0.1", None, 1e-300, 9.9e-8])
 def test_sampling_rate_must_be_in_the_unit_interval(q):
     for make in (lambda: UlsRound(q, 1.0), lambda: ElsStep(q, 1.0, 2)):
         with pytest.raises(ConfigError) as err:
             make()
-        assert err.value.key == "sampling-rate" and err.value.requirement == "must be in (0, 1]"
+        assert err.value.key == "sampling-rate" and err.value.requirement == "must be in [1e-07, 1]"
         assert err.value.value is q or (q != q and err.value.value != err.value.value)
     assert UlsRound(1.0, 1.0).sampling_rate == 1.0 and ElsStep(1, 1.0, 2).sampling_rate == 1
+    assert UlsRound(1e-7, 1.0).sampling_rate == 1e-7
+
+
+@pytest.mark.parametrize("sigma", [1e-300, 0.0099, math.inf])
+def test_degenerate_noise_multipliers_are_refused_naming_the_key(sigma):
+    for make in (lambda: UlsRound(0.1, sigma), lambda: ElsStep(0.1, sigma, 2)):
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert err.value.key == "noise-multiplier"
+    assert UlsRound(0.1, 0.0).noise_multiplier == 0.0 and UlsRound(0.1, 0.01).noise_multiplier == 0.01
+
+
+def test_a_tiny_sampling_rate_is_refused_quickly_not_calibrated_forever():
+    import time
+
+    from fl_userdp.accounting import calibrate_noise
+    from fl_userdp.config import parse_config
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="sampling-rate"):
+        calibrate_noise("uls", 1.0, 1e-6, 1e-300, 10)
+    with pytest.raises(ConfigError, match="privacy.sampling-rate"):
+        parse_config({"privacy.sampling-rate": 1e-300})
+    with pytest.raises(ConfigError, match="privacy.noise-multiplier"):
+        parse_config({"privacy.noise-multiplier": 1e-300})
+    assert time.perf_counter() - t0 < 5
 
 
 @pytest.mark.parametrize("sigma", [-0.5, math.nan, "1", None])
@@ -211,7 +237,7 @@ def test_noise_multiplier_must_be_a_number_of_at_least_zero(sigma):
     for make in (lambda: UlsRound(0.1, sigma), lambda: ElsStep(0.1, sigma, 2)):
         with pytest.raises(ConfigError) as err:
             make()
-        assert err.value.key == "noise-multiplier" and err.value.requirement == "must be >= 0"
+        assert err.value.key == "noise-multiplier" and err.value.requirement == "must be a finite number >= 0"
         assert err.value.value is sigma or (sigma != sigma and err.value.value != err.value.value)
     assert UlsRound(0.1, 0).noise_multiplier == 0 and ElsStep(0.1, 0.0, 2).noise_multiplier == 0.0
 

@@ -10,7 +10,7 @@ import math
 
 from ..errors import ConfigError
 from .accountant import epsilon_for
-from .events import make_event
+from .events import MIN_NOISE_MULTIPLIER, make_event
 
 MAX_SIGMA = 1e4
 
@@ -50,7 +50,7 @@ def calibrate_noise(
     while e_lo <= target_epsilon:
         hi, e_hi = lo, e_lo
         lo /= 2.0
-        if lo < 1e-3:
+        if lo < MIN_NOISE_MULTIPLIER:  # the smallest σ the accountant takes already meets the target
             return hi, e_hi
         e_lo = eps(lo)
     # Safeguarded regula falsi on log ε vs log σ (ε is smooth and decreasing in σ):

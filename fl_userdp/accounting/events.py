@@ -30,14 +30,21 @@ from ..errors import ConfigError
 MODES = ("uls", "els")
 
 
+MIN_SAMPLING_RATE = 1e-7      # below: a cohort of ~1 needs > 10^7 users, and the PLD's tails underflow
+MIN_NOISE_MULTIPLIER = 0.01   # a positive σ below this: ε in the thousands and the PLD's losses overflow
+
+
 def _check_rate(q: float) -> None:
-    if not (isinstance(q, (int, float)) and 0.0 < q <= 1.0) or math.isnan(q):
-        raise ConfigError("sampling-rate", q, "must be in (0, 1]")
+    if not (isinstance(q, (int, float)) and MIN_SAMPLING_RATE <= q <= 1.0) or math.isnan(q):
+        raise ConfigError("sampling-rate", q, f"must be in [{MIN_SAMPLING_RATE:g}, 1]")
 
 
 def _check_sigma(sigma: float) -> None:
-    if not isinstance(sigma, (int, float)) or math.isnan(sigma) or sigma < 0:
-        raise ConfigError("noise-multiplier", sigma, "must be >= 0")
+    if not isinstance(sigma, (int, float)) or math.isnan(sigma) or sigma < 0 or math.isinf(sigma):
+        raise ConfigError("noise-multiplier", sigma, "must be a finite number >= 0")
+    if 0 < sigma < MIN_NOISE_MULTIPLIER:
+        raise ConfigError("noise-multiplier", sigma, f"must be 0 (no noise) or >= {MIN_NOISE_MULTIPLIER:g} (below it "
+                          "epsilon runs to the thousands and cannot be accounted accurately)")
 
 
 @dataclass(frozen=True)
