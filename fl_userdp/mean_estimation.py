@@ -39,9 +39,9 @@ from .accounting import UserLevelAccountant, calibrate_noise, make_event
 from .aggregate import expected_count, release
 from .clipping import clip_factors
 from .errors import ConfigError
-from .noise import release_rng
+from .noise import SecureGenerator, release_rng
 from .rng import hashed_normals, rng_for
-from .sampling import CappedExamples, cap_examples, poisson_examples, poisson_users
+from .sampling import MODE_KEYS, CappedExamples, cap_examples, poisson_examples, poisson_users
 
 MODES = ("uls", "els")
 CALIBRATION_TOL = 1e-2  # relative σ tolerance; σ is rounded up, so ε never exceeds the target
@@ -198,12 +198,15 @@ def train(
     accountant: UserLevelAccountant | None = None,
     record_every: int = 0,
     theta0: np.ndarray | None = None,
+    secure_mode: bool = False,
 ) -> TrainResult:
     """DP-SGD on ½‖θ − x‖² in `mode` for every paired (learning rate, clip norm).
 
-    Randomness: sampling from rng_for(seed, "sampling", t) (common to the grid points); noise drawn for
-    each release on its own (`noise.release_rng`: keyed by mode, step, σC, expected count and the clipped
-    sum), so no two releases that can differ — other modes, grid points, configs — share noise.
+    Randomness: sampling from the mode's own stream rng_for(seed, "sampling", t, key=MODE_KEYS[mode])
+    (common to the grid points; ULS users and ELS examples never share a uniform); noise drawn for each
+    release on its own (`noise.release_rng`: keyed by mode, step, σC, expected count and the clipped
+    sum), so no two releases that can differ — other modes, grid points, configs — share noise. With
+    `secure_mode` both come from the OS (`noise.SecureGenerator`), as in the Flower path.
     The accountant, if given, composes the step's event once per reporting
     interval (count = steps in the interval); its ε is stored in the result.
     """
@@ -226,7 +229,7 @@ def train(
                       int(k), int(steps), float(expected))
     composed = 0
     for t in range(steps):
-        srng = rng_for(seed, "sampling", t)
+        srng = SecureGenerator() if secure_mode else rng_for(seed, "sampling", t, key=MODE_KEYS[mode])
         if mode == "uls":
             users = poisson_users(srng, n, sampling_rate)
             x = capped.means[users]
@@ -242,7 +245,8 @@ def train(
         for g in range(lrs.size):
             # C = inf (no clipping) is allowed only without noise; the noise std is then 0.
             clip = clips[g] if np.isfinite(clips[g]) else 0.0
-            nrng = release_rng(seed, mode, t, clip * noise_multiplier, expected, totals[g])
+            nrng = SecureGenerator() if secure_mode else \
+                release_rng(seed, mode, t, clip * noise_multiplier, expected, totals[g])
             upd = release(totals[g], clip, noise_multiplier, expected, nrng)
             thetas[g] -= lrs[g] * upd.update
         if record_every and ((t + 1) % record_every == 0 or t + 1 == steps):
@@ -314,6 +318,7 @@ def run(
     seed: int = 0,
     population: Population | None = None,
     record_every: int = 0,
+    secure_mode: bool = False,
 ) -> TrainResult:
     """One private run: rate from the compute budget, σ calibrated, a fresh accountant."""
     if not _finite(epsilon) or epsilon <= 0:
@@ -332,7 +337,7 @@ def run(
     sigma, _ = calibrated_sigma(mode, epsilon, delta, sampling_rate, steps, k)
     accountant = UserLevelAccountant(delta)
     res = train(pop, mode, k, sampling_rate, sigma, learning_rates, clip_norms, steps, seed,
-                accountant=accountant, record_every=record_every)
+                accountant=accountant, record_every=record_every, secure_mode=secure_mode)
     if res.epsilon is not None and res.epsilon > epsilon * (1 + 1e-9):
         raise RuntimeError(f"accountant reports ε={res.epsilon} above the target {epsilon}")
     return res

@@ -14,6 +14,8 @@ from functools import cached_property
 
 import numpy as np
 
+MODE_KEYS = {"uls": 1, "els": 2}  # each mode's own sampling stream: rng_for(seed, "sampling", t, key=MODE_KEYS[mode])
+
 
 def poisson_users(rng: np.random.Generator, num_users: int, rate: float) -> np.ndarray:
     """Sorted ids of users in the cohort: each independently with probability `rate`."""

@@ -50,7 +50,7 @@ from fl_userdp.config import RunConfig, parse_config, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
-from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
+from fl_userdp.sampling import MODE_KEYS, cap_examples, poisson_examples, poisson_users
 from fl_userdp.validation import check_contribution
 
 from .optimizer import make_optimizer
@@ -93,7 +93,6 @@ Transport = Callable[[Mapping[int, NodeRequest], list[np.ndarray]], Mapping[int,
 Evaluator = Callable[[list[np.ndarray]], "float | None"]
 Journal = Callable[[dict[str, Any], np.ndarray], None]  # (ledger entry, released update): durable on return
 
-MODE_KEYS = {"uls": 1, "els": 2}  # per-mode random streams
 
 # Keys that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "train.eval-every", "privacy.max-epsilon")

@@ -133,3 +133,19 @@ def test_cli_bad_input_exits_2_with_one_line(args, needle):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def test_modes_sample_from_their_own_streams_and_secure_mode_is_not_seeded():
+    """At k = 1 and the same q, shared uniforms would make the ULS cohort and the ELS sample the same users
+    at every step; from separate streams they differ. Secure mode: two runs with one seed differ."""
+    spec = me.TaskSpec(num_users=400, dim=4)
+    pop = me.Population(spec, 0)
+    q, steps = 0.05, 5
+    uls = me.train(pop, "uls", 1, q, 0.0, 1.0, np.inf, steps=steps, seed=0)
+    els = me.train(pop, "els", 1, q, 0.0, 1.0, np.inf, steps=steps, seed=0)
+    assert not np.allclose(uls.thetas, els.thetas)          # σ = 0: equal only if they sampled alike
+    again = me.train(pop, "els", 1, q, 0.0, 1.0, np.inf, steps=steps, seed=0)
+    np.testing.assert_array_equal(again.thetas, els.thetas)
+    a = me.train(pop, "uls", 1, q, 1.0, 1.0, 1.0, steps=steps, seed=0, secure_mode=True)
+    b = me.train(pop, "uls", 1, q, 1.0, 1.0, 1.0, steps=steps, seed=0, secure_mode=True)
+    assert not np.array_equal(a.thetas, b.thetas)

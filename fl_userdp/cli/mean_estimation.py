@@ -27,6 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-norm", type=float, default=2.0)
     p.add_argument("--diversity", type=float, default=1.0, help="within-user std s (tau = 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--secure-mode", action="store_true",
+                   help="sampling and noise from OS entropy (the seed then fixes only the data)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -60,7 +62,8 @@ def mean_estimation_cmd(a: argparse.Namespace) -> int:
     for mode in (me.MODES if a.mode == "both" else (a.mode,)):
         res = me.run(spec, mode, a.epsilon, a.delta, a.max_examples_per_user,
                      examples_per_step=examples_per_step, steps=a.steps, learning_rates=a.learning_rate,
-                     clip_norms=a.clip_norm, seed=a.seed, population=pop)
+                     clip_norms=a.clip_norm, seed=a.seed, population=pop,
+                     secure_mode=a.secure_mode)
         results.append({
             "mode": mode, "epsilon": json_number(res.epsilon), "target_epsilon": a.epsilon, "delta": a.delta,
             "noise_multiplier": res.noise_multiplier, "sampling_rate": res.sampling_rate,
