@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import RunConfig, parse_config, to_flat
+from .config import RunConfig, parse_config, secure_mode, to_flat
 from .errors import ConfigError
 
 BACKENDS = ("ray", "inprocess")
@@ -161,7 +161,7 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
             "stop_reasons": stops}
     if "els" in runs:  # q·Σ min(n_u, k): public by assumption, as ELS's expected count
         base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum())
-    summary = report.summarize(records, {**base, **dict(extra or {})}, publish, cfg.privacy.secure_mode)
+    summary = report.summarize(records, {**base, **dict(extra or {})}, publish, secure_mode(cfg))
     report.write_summary(cfg.out, summary)
     report.plot(records, Path(cfg.out) / "plot.png", publish)
     return summary

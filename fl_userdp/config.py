@@ -29,7 +29,8 @@ class PrivacyConfig:
     max_examples_per_user: int = 8    # k
     accountant: str = "pld"           # "pld" | "rdp" | "group" | "package.module:Factory" (a plug-in ledger)
     max_epsilon: float | None = None  # budget stop; None = no stop
-    secure_mode: bool = False         # sampling and noise from OS entropy (not from the seed)
+    secure_mode: bool | None = None   # sampling and noise from OS entropy (not from the seed); None = "auto":
+                                      # on for users' own data, off for the built-in synthetic data (`secure_mode`)
     publish_diagnostics: bool = True  # False: outputs hold only what the DP guarantee covers
     adaptive_clip_quantile: float | None = None  # γ: C tracks this quantile of record norms; None = fixed C
     adaptive_clip_lr: float = 0.2     # η of the geometric update C ← C·exp(−η(b̃ − γ))
@@ -122,8 +123,21 @@ SCHEMA = _flat_schema()
 # Old names still accepted (mapped to the current key; outputs use the current one).
 ALIASES = {"privacy.secure-noise": "privacy.secure-mode"}
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # as fl_userdp.accounting.plugins.SPEC
+_AUTO_BOOLS = {"privacy.secure-mode"}
 _OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon", "privacy.adaptive-clip-quantile",
                     "privacy.count-noise-multiplier"}
+
+
+def secure_mode(cfg: RunConfig) -> bool:
+    """Whether sampling and noise come from OS entropy: privacy.secure-mode, or where it is "auto" (the
+    default) on for users' own data — a data.source other than the built-in "synthetic", or your own task
+    (model.name = "package.module:factory", which may bring its own corpus) — and off for the built-in
+    synthetic corpora, so the main job stays reproducible from its seed. A seeded run publishes its seed
+    (summary.json), which is the key to its sampling and noise."""
+    p = cfg.privacy
+    if p.secure_mode is not None:
+        return bool(p.secure_mode)
+    return cfg.data.source != "synthetic" or is_task_spec(cfg.model.name)
 
 
 def is_task_spec(name: str) -> bool:
@@ -134,6 +148,10 @@ def is_task_spec(name: str) -> bool:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Convert a raw value (from TOML, CLI strings or Flower run config) to the field's type."""
+    if key in _AUTO_BOOLS:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return None
+        default = False
     if key in _OPTIONAL_FLOATS:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
             return None
@@ -185,8 +203,7 @@ def _check(cfg: RunConfig) -> RunConfig:
          p.noise_multiplier, "must be >= 0 (or 'auto' to calibrate)")
     need(0 < p.target_epsilon < math.inf, "privacy.target-epsilon", p.target_epsilon, "must be > 0")
     need(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
-    need(1e-7 <= p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate,
-         "must be in [1e-07, 1] (below it no population is large enough for a cohort; fl_userdp.accounting.events)")
+    need(1e-7 <= p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate, "must be in [1e-07, 1]")
     need(p.noise_multiplier is None or p.noise_multiplier == 0 or p.noise_multiplier >= 0.01,
          "privacy.noise-multiplier", p.noise_multiplier, "must be 0 (no noise) or >= 0.01 (below it epsilon runs "
          "to the thousands and cannot be accounted accurately)")

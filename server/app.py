@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_userdp.config import RunConfig, parse_config, to_flat
+from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
 
 from .runner import ModeResult, Setup, prepare, run_mode
@@ -176,7 +176,7 @@ def main(grid: Grid, context: Context) -> None:
     records = [r for res in results for r in res.records]
     report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
                                                                                if r.stop_reason]},
-                                                   cfg.privacy.publish_diagnostics, cfg.privacy.secure_mode))
+                                                   cfg.privacy.publish_diagnostics, secure_mode(cfg)))
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
               f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))

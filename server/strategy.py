@@ -46,7 +46,7 @@ from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
                                      unclipped_fraction)
 from fl_userdp.aggregate import expected_count, release
-from fl_userdp.config import RunConfig, parse_config, to_flat
+from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
@@ -131,6 +131,7 @@ class UserDPStrategy:
                  noise_multiplier: float) -> None:
         p = cfg.privacy
         self.cfg, self.mode = cfg, p.mode
+        self.secure = secure_mode(cfg)  # sampling and noise from OS entropy (fl_userdp.config.secure_mode)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.num_users = int(self.counts.size)
         if self.num_users < 1:
@@ -191,7 +192,7 @@ class UserDPStrategy:
         entropy in secure mode; never of the data."""
         p, U = self.cfg.privacy, self.users_per_node
         # each mode draws its own cohorts: the releases of ULS and ELS in one compare are independent mechanisms
-        rng = SecureGenerator() if p.secure_mode else rng_for(self.cfg.seed, "sampling", rnd, key=MODE_KEYS[self.mode])
+        rng = SecureGenerator() if self.secure else rng_for(self.cfg.seed, "sampling", rnd, key=MODE_KEYS[self.mode])
         q = p.sampling_rate
         if self.mode == "uls":
             users = poisson_users(rng, self.num_users, q)
@@ -274,7 +275,7 @@ class UserDPStrategy:
         C = self.clip_norm
         std = C * self.noise_multiplier
         extra = (self.count_noise, st["unclipped_centred"]) if self.adaptive else ()
-        rng = SecureGenerator() if p.secure_mode else \
+        rng = SecureGenerator() if self.secure else \
             release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total, extra)
         rel = release(total, C, self.noise_multiplier, self.expected, rng)
         adapt = {}

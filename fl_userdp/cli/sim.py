@@ -83,8 +83,8 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         logged = logged_sigma(out, mode) if a.resume else None
         target = " (the resumed run's)" if logged is not None else "" if cfg.privacy.noise_multiplier is not None \
             else f" (for ε={cfg.privacy.target_epsilon:g}, also the run's budget)"
-        console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}"
-                      + (", secure mode (sampling and noise from OS entropy)" if cfg.privacy.secure_mode else ""))
+        console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}")
+    console.print(randomness_line(cfg))
 
     timing = [TimeElapsedColumn()] if publish else []  # timings are diagnostics
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -131,6 +131,16 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
                       "--resume")
         return 4
     return 0
+
+
+def randomness_line(cfg) -> str:
+    """One line: where sampling and noise come from (privacy.secure-mode, or its "auto" default)."""
+    from ..config import secure_mode
+
+    auto = cfg.privacy.secure_mode is None
+    if secure_mode(cfg):
+        return "  OS randomness (secure mode" + ("; own data" if auto else "") + "): not reproducible"
+    return f"  seeded randomness (seed {cfg.seed}" + ("; built-in data" if auto else "") + "): the seed is its key"
 
 
 def configure_compare(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("args, needle", [
     (["--set", "privacy.nosie=1"], "privacy.nosie"),
-    (["--set", "privacy.sampling-rate=1.5"], "privacy.sampling-rate must be in (0, 1], got 1.5"),
+    (["--set", "privacy.sampling-rate=1.5"], "privacy.sampling-rate must be in [1e-07, 1], got 1.5"),
     (["--set", "model.name=/no/such/model"], "model.name"),
     (["--set", "privacy.max-examples-per-user=0"], "privacy.max-examples-per-user must be >= 1, got 0"),
     (["--set", "data.num-users=0"], "data.num-users"),

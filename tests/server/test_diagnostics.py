@@ -63,7 +63,7 @@ def test_publish_diagnostics_false_writes_only_what_the_guarantee_covers(tmp_pat
     assert " s (a diagnostic)" not in console.err and "SEEDED run" in console.err
     for mode in ("uls", "els"):  # the release log holds releases only
         entries = read_log(log_path(out, mode)).releases
-        assert entries and all(set(e) <= {*report.COVERED, "event", "kind"} for e in entries)
+        assert entries and all(set(e) <= {*report.COVERED, "event", "kind", "run_id"} for e in entries)
 
 
 def test_unknown_record_keys_are_diagnostics_by_default():
