@@ -92,7 +92,8 @@ def cell_name(c: dict) -> str:
 def base_config(cell: dict, seed: int) -> dict:
     cfg = {"seed": seed, "data.heldout-users": HELDOUT_USERS, "privacy.delta": DELTA}
     if cell["sim"] == "shakespeare":
-        cfg.update({"data.source": "shakespeare", "data.num-users": SHAKESPEARE_USERS})
+        # public text: seeded, so the study reproduces (own data would default to secure mode)
+        cfg.update({"data.source": "shakespeare", "data.num-users": SHAKESPEARE_USERS, "privacy.secure-mode": False})
     else:
         cfg.update({"data.num-users": cell["N"], "data.example-similarity": SIMILARITY[cell["sim"]]})
     return cfg
