@@ -187,3 +187,55 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     return AuditResult(epsilon_lower_bound=eps_lb, confidence=cfg.confidence, epsilon_reported=reported,
                        delta=cfg.delta, guesses=r, correct=correct, canaries=cfg.canaries, noise_multiplier=sigma,
                        flagged=eps_lb > reported)
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """What the released updates say about the noise each of them carried (see `check_release_noise`)."""
+    coords_low: int            # coordinates whose variance over rounds is below the noise floor's low quantile
+    coords_allowed: int        # how many a correct run may show (binomial upper bound at `alpha`)
+    scale_chi2: float          # homogeneity of the rounds' noise scales (χ² with rounds − 1 df)
+    scale_p: float
+    mean_scale: float          # mean over rounds of (released std per coordinate) / (σC / E)
+
+    @property
+    def flagged(self) -> bool:
+        return self.coords_low > self.coords_allowed or self.scale_p < ALPHA_NOISE
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "flagged": self.flagged}
+
+
+ALPHA_NOISE = 1e-4       # false-flag rate per statistic of a correct run
+COORD_QUANTILE = 1e-3    # a coordinate is "low" below this quantile of the noise floor's χ² law
+
+
+def check_release_noise(updates: np.ndarray, noise_std: float, expected: float,
+                        alpha: float = ALPHA_NOISE) -> NoiseCheck:
+    """Check released updates (rounds × d) against the claimed noise N(0, (σC/E)²) per coordinate.
+
+    Each released coordinate is (clipped sum + noise) / E, and the clipped sums only *add* variance, so:
+
+    * **per coordinate**: its variance over the T rounds is at least the noise's, (σC/E)² · χ²_{T−1}/(T−1)
+      in law. Noise withheld from some coordinates leaves them far below; more "low" coordinates (under
+      the COORD_QUANTILE quantile) than Binomial(d, COORD_QUANTILE) allows at `alpha` is flagged;
+    * **per round**: the mean square over coordinates estimates the round's noise scale with relative sd
+      √(2/d); divided by the expected count E every round has the same scale, divided by the realised
+      count n_t it moves with E/n_t. The rounds' scales are tested for homogeneity (χ² with T − 1 df on
+      their logs, sd √(2/d) each); a p-value below `alpha` is flagged. Large signals can push a correct
+      run's round scales apart too, so this check is for runs whose noise dominates each coordinate (the
+      pipeline audit's configuration).
+    """
+    u = np.asarray(updates, np.float64)
+    rounds, d = u.shape
+    if rounds < 3 or d < 10:
+        raise ValueError("need at least 3 rounds and 10 coordinates")
+    floor = (noise_std / expected) ** 2
+    var = u.var(axis=0, ddof=1) / floor
+    low = int((var < stats.chi2.ppf(COORD_QUANTILE, rounds - 1) / (rounds - 1)).sum())
+    allowed = int(stats.binom.ppf(1 - alpha, d, COORD_QUANTILE))
+    scales = (u ** 2).mean(axis=1) / floor
+    logs = np.log(scales)
+    chi2 = float(((logs - logs.mean()) ** 2).sum() / (2.0 / d))
+    p = float(stats.chi2.sf(chi2, rounds - 1))
+    return NoiseCheck(low, allowed, chi2, p, float(np.sqrt(scales).mean()))

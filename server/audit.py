@@ -34,23 +34,34 @@ auditor scores s_i = Σ_t ⟨released update_t, u_i⟩ and computes two numbers:
 
 A run is flagged when either number exceeds the ledger's ε.
 
+Besides, the released updates themselves are checked against the claimed noise
+(`fl_userdp.audit.check_release_noise`): every coordinate must vary over the
+rounds at least as much as the noise σC/E makes it, and the rounds' noise
+scales must agree (a denominator that moves with the realised count moves
+them). These catch faults that leak without bound but hardly move the
+canaries' statistics.
+
 Fault injection, for testing the auditor only (`fault`): "noise" adds σ/4
 noise while the ledger is told σ; "clip" lets nodes clip at 4C while the
-server validates at C; "sampling" samples at 2q while the ledger is told q.
+server validates at C; "sampling" samples at 2q while the ledger is told q;
+"partial-noise" / "partial-noise-25" withhold the noise from 5 % / 25 % of
+the coordinates; "count-division" divides each release by the realised count
+of records instead of the expected count.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from fl_userdp.accounting import make_event
-from fl_userdp.audit import default_guess_counts, lower_bound_from_scores
+from fl_userdp.audit import check_release_noise, default_guess_counts, lower_bound_from_scores
 from fl_userdp.config import RunConfig, parse_config
 from fl_userdp.errors import ConfigError
 from fl_userdp.rng import rng_for
 
-FAULTS = ("none", "noise", "clip", "sampling")
+FAULTS = ("none", "noise", "clip", "sampling", "partial-noise", "partial-noise-25", "count-division")
 CANARY_LABEL = 1e6
 
 
@@ -102,6 +113,7 @@ class PipelineAuditResult:
     included: int
     rounds: int
     flagged: bool
+    noise_check: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,17 +189,55 @@ def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
     released: list[np.ndarray] = []
     strategy.journal = lambda entry, update: released.append(np.array(update, np.float64))
     transport = InProcessTransport(node_cfg, LinearWorker(node_cfg, corpus))
-    for _ in range(a.rounds):
-        strategy.run_round(transport)
+    with injected(strategy, a.fault, a.dim, rng):
+        for _ in range(a.rounds):
+            strategy.run_round(transport)
     scores = directions @ np.sum(released, axis=0)
     reported = strategy.epsilon()
     eps_lb, r, correct = lower_bound_from_scores(scores, included, a.delta, a.confidence,
                                                  default_guess_counts(a.canaries))
     rho, rho_low = snr_ratio(scores, included, cfg, sigma, a.rounds, a.confidence)
     eps_est = estimated_epsilon(cfg, sigma, rho_low, a.rounds)
+    check = check_release_noise(np.array(released), sigma * a.clip_norm, strategy.expected)
     return PipelineAuditResult(a.mode, a.fault, eps_lb, eps_est, rho, rho_low, reported, a.delta, a.confidence,
                                sigma, r, correct, a.canaries, int(included.sum()), a.rounds,
-                               eps_lb > reported or eps_est > reported)
+                               eps_lb > reported or eps_est > reported or check.flagged, check.to_dict())
+
+
+@contextlib.contextmanager
+def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
+    """Faults in the release step, for testing the auditor: noise withheld from a fixed share of the
+    coordinates, or the release divided by the realised count (patched into `server.strategy` for the
+    duration of the audit's rounds only)."""
+    from fl_userdp.aggregate import Release
+
+    from . import strategy as module
+
+    honest, collect = module.release, strategy.collect
+    if fault not in ("partial-noise", "partial-noise-25", "count-division"):
+        yield
+        return
+    quiet = rng.random(dim) < (0.25 if fault == "partial-noise-25" else 0.05)
+    seen = {}
+
+    def counting(requests, replies):
+        total, st = collect(requests, replies)
+        seen["records"] = max(st["records"], 1)
+        return total, st
+
+    def faulty(total, clip_norm, sigma, expected, gen):
+        rel = honest(total, clip_norm, sigma, expected, gen)
+        if fault == "count-division":
+            return Release(rel.update * expected / seen["records"], rel.noise_std, expected)
+        update = rel.update.copy()
+        update[quiet] = np.asarray(total, np.float64)[quiet] / expected
+        return Release(update, rel.noise_std, expected)
+
+    module.release, strategy.collect = faulty, counting
+    try:
+        yield
+    finally:
+        module.release, strategy.collect = honest, collect
 
 
 def snr_ratio(scores: np.ndarray, included: np.ndarray, cfg: RunConfig, sigma: float, rounds: int,

@@ -32,9 +32,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-users", type=int, default=100, help="--pipeline: ordinary users next to the canaries")
     p.add_argument("--noise-scale", type=float, default=1.0,
                    help="fault injection (mechanism audit): multiply the noise actually added (not the accounted σ)")
-    p.add_argument("--inject-fault", default="none", choices=["none", "noise", "clip", "sampling"],
+    p.add_argument("--inject-fault", default="none",
+                   choices=["none", "noise", "clip", "sampling", "partial-noise", "partial-noise-25", "count-division"],
                    help="fault injection (--pipeline), to test the auditor: noise σ/4, nodes clip at 4C, "
-                        "sampling at 2q — each while the ledger is told the correct value")
+                        "sampling at 2q, noise withheld from 5%% / 25%% of the coordinates, the release divided "
+                        "by the realised count — each while the ledger is told the correct value")
     p.add_argument("--json", action="store_true")
 
 
@@ -72,13 +74,18 @@ def _pipeline(a: argparse.Namespace) -> int:
                               confidence=a.confidence, seed=a.seed, base_users=a.base_users, fault=a.inject_fault,
                               **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon")))
     res = run_pipeline_audit(cfg)
+    nc = res.noise_check
     verdict = ("FLAGGED: the run leaks more than its ledger says" if res.flagged
-               else "consistent: neither the lower bound nor the estimate exceeds the reported epsilon")
+               else "consistent: neither the lower bound nor the estimate exceeds the reported epsilon, and the "
+               "released noise matches the claimed")
     text = (f"pipeline audit ({res.mode}{', injected fault: ' + res.fault if res.fault != 'none' else ''}): "
             f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
             f"empirical lower bound {res.epsilon_lower_bound:.4g} at {res.confidence:.0%} confidence "
             f"({res.correct}/{res.guesses} guesses correct, {res.canaries} canaries, {res.included} included)\n"
             f"estimate {res.epsilon_estimate:.4g} (canary SNR {res.snr_ratio:.3g}x the claimed, "
-            f"lower bound {res.snr_ratio_lower:.3g}x)\n{verdict}")
+            f"lower bound {res.snr_ratio_lower:.3g}x)\n"
+            f"noise check: {nc['coords_low']} coordinates below the noise floor (a correct run: <= {nc['coords_allowed']}), "
+            f"round scales chi2 {nc['scale_chi2']:.1f} (p {nc['scale_p']:.2g}), mean scale {nc['mean_scale']:.3f} "
+            f"of the claimed\n{verdict}")
     emit(res.to_dict(), a.json, text)
     return 3 if res.flagged else 0

@@ -36,3 +36,32 @@ def test_cli_pipeline_json_and_exit_status(capsys):
     assert main(["audit", "--pipeline", "--sampling-rate", "0.9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--sampling-rate" in err
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+@pytest.mark.parametrize("fault", ["partial-noise", "partial-noise-25", "count-division"])
+def test_partial_faults_that_leak_without_bound_are_flagged_by_the_noise_check(mode, fault):
+    """Noise withheld from 5 % / 25 % of the coordinates, or a release divided by the realised count, barely
+    moves the canaries' statistics but leaks without bound; the check of the released noise catches them."""
+    res = run_pipeline_audit(PipelineAuditConfig(mode=mode, fault=fault, seed=3))
+    assert res.flagged and res.noise_check["flagged"]
+
+
+def test_the_noise_check_on_known_releases():
+    """Pure: updates with the claimed noise pass (several seeds); a share of noiseless coordinates, or a
+    per-round scale E / n_t with n_t ~ Poisson(E), is flagged."""
+    import numpy as np
+
+    from fl_userdp.audit import check_release_noise
+
+    T, d, std, E = 30, 2000, 3.0, 150.0
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        signal = rng.normal(0, 0.2, (T, d)) / E + 0.01          # clipped sums only add variance
+        ok = check_release_noise(signal + rng.normal(0, std / E, (T, d)), std, E)
+        assert not ok.flagged, ok
+        partial = signal + rng.normal(0, std / E, (T, d)) * (rng.random(d) > 0.05)
+        assert check_release_noise(partial, std, E).flagged
+        n = rng.poisson(E, size=(T, 1))
+        realised = (signal * E + rng.normal(0, std, (T, d))) / n
+        assert check_release_noise(realised, std, E).flagged
