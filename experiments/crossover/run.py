@@ -22,6 +22,10 @@ Design (one cell = a population N, an ε, a corpus):
   measured on the tuning seed's model and users) writes its prediction for the cell to
   predictions.jsonl with a timestamp; nothing it uses comes from the runs.
 * **σ = 0 reference** per population (T = 100, cap 4, lr 0.02, seed 0) for each mode.
+* **SmolLM2-135M + LoRA** (`--cells smollm2`, after `fl-userdp assets --export-hf`): 128 Shakespeare users
+  (16 held out), LoRA r = 4 on q_proj, v_proj, B = 16, T = 40 (≈ 1.4 epochs at a cap of 4), ε = 1 and 16;
+  cut to fit a CPU: the server lr is fixed at 0.02 (the earlier SmolLM2 tuning's usual choice), each mode
+  tunes only its cap over (1, 8), three reporting seeds, pilot on 32 users.
 * **Real users** (`--cells shakespeare`): the 1,353 Shakespeare (play, character) users (1,289 training,
   64 held out), byte-level tiny LM, T = 300 steps at B = 64 (about 4 epochs of the rows kept at cap 4),
   ε = 1 and 16, the same tuning and reporting.
@@ -62,6 +66,10 @@ HELDOUT_USERS = 64
 POPULATIONS = (100_000, 10_000, 2_000, 500, 150)
 EPSILONS = (1.0, 4.0, 16.0)
 SIMILARITY = {"independent": 0.0, "mixed": 0.8, "near-copies": 0.95}
+SMOLLM2 = {"model.name": str(Path.home() / ".cache/fl-userdp/smollm2-hf"), "model.lora-rank": 4,
+           "model.lora-targets": "q_proj,v_proj", "model.seq-len": 32}
+SMOLLM2_USERS, SMOLLM2_BUDGET, SMOLLM2_STEPS = 128, 16, 40   # ≈ 1.4 epochs at a cap of 4
+SMOLLM2_CAPS, SMOLLM2_LR, SMOLLM2_SEEDS = (1, 8), 0.02, (0, 1, 2)
 SHAKESPEARE_USERS = 1289   # every (play, character) with text but the 64 held out
 SHAKESPEARE_STEPS = 300    # B·T = 19,200 rows: about 4 epochs of the kept rows at a cap of 4
 
@@ -80,18 +88,25 @@ def cells(which: str) -> list[dict]:
     if "shakespeare" in which:
         for eps in (1.0, 16.0):
             out.append({"N": SHAKESPEARE_USERS, "eps": eps, "sim": "shakespeare", "steps": SHAKESPEARE_STEPS})
+    if "smollm2" in which:
+        for eps in (1.0, 16.0):
+            out.append({"N": SMOLLM2_USERS, "eps": eps, "sim": "smollm2", "steps": SMOLLM2_STEPS,
+                        "budget": SMOLLM2_BUDGET, "caps": SMOLLM2_CAPS, "lr": SMOLLM2_LR})
     return out
 
 
 def cell_name(c: dict) -> str:
-    if c["sim"] == "shakespeare":
-        return f"shakespeare-eps{c['eps']:g}"
+    if c["sim"] in ("shakespeare", "smollm2"):
+        return f"{c['sim']}-eps{c['eps']:g}"
     return f"N{c['N']}-eps{c['eps']:g}-{c['sim']}"
 
 
 def base_config(cell: dict, seed: int) -> dict:
     cfg = {"seed": seed, "data.heldout-users": HELDOUT_USERS, "privacy.delta": DELTA}
-    if cell["sim"] == "shakespeare":
+    if cell["sim"] == "smollm2":
+        cfg.update({"data.source": "shakespeare", "data.num-users": SMOLLM2_USERS, "data.heldout-users": 16,
+                    "privacy.secure-mode": False, **SMOLLM2})
+    elif cell["sim"] == "shakespeare":
         # public text: seeded, so the study reproduces (own data would default to secure mode)
         cfg.update({"data.source": "shakespeare", "data.num-users": SHAKESPEARE_USERS, "privacy.secure-mode": False})
     else:
@@ -103,7 +118,7 @@ def counts_of(cell: dict, seed: int) -> np.ndarray:
     from fl_userdp.config import parse_config
     from fl_userdp.data import load_corpus
     cfg = parse_config(base_config(cell, seed))
-    if cell["sim"] != "shakespeare":
+    if cell["sim"] not in ("shakespeare", "smollm2"):
         from fl_userdp.data.synthetic_text import population_counts
         return population_counts(cfg.data, seed)[:cfg.data.num_users]
     return np.asarray(load_corpus(cfg.data, cfg.model, seed).counts)
@@ -113,13 +128,18 @@ def steps_of(cell: dict) -> int:
     return int(cell.get("steps", STEPS))
 
 
+def budget_of(cell: dict) -> float:
+    return float(cell.get("budget", B))
+
+
 def run_config(cell: dict, mode: str, cap: int, lr: float, seed: int) -> dict:
     counts = counts_of(cell, seed)
-    q = min(1.0, B / float(np.minimum(counts, cap).sum()))
+    q = min(1.0, budget_of(cell) / float(np.minimum(counts, cap).sum()))
     cfg = base_config(cell, seed)
     cfg.update({"privacy.mode": mode, "privacy.target-epsilon": cell["eps"], "privacy.sampling-rate": q,
                 "privacy.max-examples-per-user": cap, "privacy.clip-norm": CLIP, "train.rounds": steps_of(cell),
-                "train.server-lr": lr, "train.eval-every": steps_of(cell), "train.eval-examples": 4096,
+                "train.server-lr": lr, "train.eval-every": steps_of(cell),
+                "train.eval-examples": 128 if cell["sim"] == "smollm2" else 4096,
                 "sim.users-per-node": max(1, len(counts) // 2)})
     return cfg
 
@@ -168,6 +188,9 @@ def tuning(cell: dict, mode: str):
             best = yield from ask([best, (cap, nxt)])
         return best
 
+    if "lr" in cell:                                  # a fixed lr (SmolLM2: CPU time): the caps only
+        best = yield from ask([(c, cell["lr"]) for c in cell["caps"]])
+        return best
     best = yield from lr_line(4, LR0)
     lr = best[1]
     best = yield from ask([(c, lr) for c in CAPS])
@@ -183,7 +206,7 @@ def tuning(cell: dict, mode: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2, help="simulations in parallel (one core each)")
-    ap.add_argument("--cells", default="main", help="main, diversity, shakespeare (comma-separated)")
+    ap.add_argument("--cells", default="main", help="main, diversity, shakespeare, smollm2 (comma-separated)")
     ap.add_argument("--only", default="", help="run only the cells whose name contains this")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -202,9 +225,11 @@ def main() -> int:
         from fl_userdp.local.pilot import measure_pilot
         pkey = json.dumps(base_config(cell, TUNE_SEED), sort_keys=True)
         if pkey not in pilots:
-            pilots[pkey] = measure_pilot(parse_config(base_config(cell, TUNE_SEED)))
+            small = cell["sim"] == "smollm2"          # 2 passes of per-example gradients on a 135M model
+            pilots[pkey] = measure_pilot(parse_config(base_config(cell, TUNE_SEED)), users=32 if small else 128,
+                                         caps=cell.get("caps", (1, 2, 4, 8, 16, 32, 64)))
         pilot = pilots[pkey]
-        adv = advise(counts_of(cell, TUNE_SEED), B, steps_of(cell), cell["eps"], DELTA, pilot)
+        adv = advise(counts_of(cell, TUNE_SEED), budget_of(cell), steps_of(cell), cell["eps"], DELTA, pilot)
         row = {"key": key, "cell": cell, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": rev,
                "pilot": {"dim": pilot.dim, "example_cosine": pilot.example_cosine, "user_cosine": pilot.user_cosine,
                          "within_user_share": pilot.within_user_share},
@@ -237,9 +262,13 @@ def main() -> int:
                 reply = {p: r["eval_loss"] for p, r in zip(points, rows)}
         except StopIteration as stop:
             cap, lr = stop.value
-        yield [(f"report|{cell_name(cell)}|{mode}|seed{s}", run_config(cell, mode, cap, lr, s)) for s in REPORT_SEEDS]
+        seeds = SMOLLM2_SEEDS if cell["sim"] == "smollm2" else REPORT_SEEDS
+        yield [(f"report|{cell_name(cell)}|{mode}|seed{s}", run_config(cell, mode, cap, lr, s)) for s in seeds]
 
     def reference(cell: dict):
+        if cell["sim"] == "smollm2":
+            return
+            yield
         if cell["sim"] == "shakespeare":
             name = "shakespeare"
         else:
