@@ -167,35 +167,81 @@ def hit_rate(rows: list[dict]) -> tuple[str, list[str]]:
     return text, misses
 
 
-def figure(rows: list[dict], path: Path) -> None:
+CURVE = HERE / "advisor_curve.json"
+CURVE_N = (100_000, 50_000, 20_000, 10_000, 5_000, 2_000, 1_000, 500, 300, 150)
+
+
+def advisor_curve(predicted: dict) -> dict[float, list[tuple[float, float]]]:
+    """The advisor's ELS/ULS SNR ratio over populations 100,000 → 150 (same B, T), per ε, with the pilot of
+    the N = 2,000 cell (cached in advisor_curve.json: a pure function of its inputs)."""
+    import json
+
+    from fl_userdp.advisor import Pilot, advise
+
+    cache = json.loads(CURVE.read_text()) if CURVE.exists() else {}
+    pilot_row = predicted.get("predict|N2000-eps1-independent")
+    if pilot_row is None:
+        return {}
+    pilot = Pilot.from_dict(pilot_row["pilot"])
+    out: dict[float, list[tuple[float, float]]] = {}
+    for eps in (1.0, 4.0, 16.0):
+        for n in CURVE_N:
+            key = f"{eps:g}|{n}"
+            if key not in cache:
+                cell = {"N": n, "eps": eps, "sim": "independent"}
+                counts = run.counts_of(cell, run.TUNE_SEED)
+                adv = advise(counts, run.B, run.STEPS, eps, run.DELTA, pilot)
+                cache[key] = {"epochs4": run.B * run.STEPS / float(np.minimum(counts, 4).sum()),
+                              "margin": adv.margin}
+                CURVE.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            out.setdefault(eps, []).append((cache[key]["epochs4"], cache[key]["margin"]))
+    return out
+
+
+def crossing(points: list[tuple[float, float]], level: float) -> float | None:
+    """The first epochs (log-interpolated) where the SNR ratio falls below `level`."""
+    pts = sorted(points)
+    for (x0, m0), (x1, m1) in zip(pts, pts[1:]):
+        if m0 >= level > m1:
+            f = (math.log(m0) - math.log(level)) / (math.log(m0) - math.log(m1))
+            return math.exp(math.log(x0) + f * (math.log(x1) - math.log(x0)))
+    return None
+
+
+def figure(rows: list[dict], curve: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    from fl_userdp.advisor import CLOSE
+
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     colours = {1.0: "tab:blue", 4.0: "tab:orange", 16.0: "tab:green"}
     for eps, colour in colours.items():
         sel = sorted((r for r in rows if r["cell"]["eps"] == eps and r["cell"]["sim"] == "independent"),
                      key=lambda r: r["epochs4"])
-        if not sel:
-            continue
-        x = np.array([r["epochs4"] for r in sel])
-        ax.errorbar(x, [r["diff"] for r in sel], yerr=[2 * r["se"] for r in sel], marker="o", color=colour,
-                    capsize=3, label=f"ε = {eps:g} (measured, ± 2 SE)")
-        logm = np.array([math.log(r["pred"]["margin"]) if r["pred"] else np.nan for r in sel])
-        for i in range(len(sel) - 1):      # the advisor's crossover: where its log SNR ratio changes sign
-            if logm[i] > 0 >= logm[i + 1]:
-                frac = logm[i] / (logm[i] - logm[i + 1])
-                cross = math.exp(math.log(x[i]) + frac * (math.log(x[i + 1]) - math.log(x[i])))
-                ax.axvline(cross, color=colour, linestyle="--", alpha=0.7,
-                           label=f"ε = {eps:g}: advisor's crossover ≈ {cross:.2g} epochs")
-                break
+        if sel:
+            ax.errorbar([r["epochs4"] for r in sel], [r["diff"] for r in sel], yerr=[2 * r["se"] for r in sel],
+                        marker="o", color=colour, capsize=3, label=f"ε = {eps:g}: measured (± 2 SE)")
+        pts = curve.get(eps)
+        if pts:
+            ax2.plot(*zip(*sorted(pts)), color=colour, marker=".", label=f"ε = {eps:g}")
+            cross = crossing(pts, 1 / CLOSE)
+            if cross is not None:
+                for a in (ax, ax2):
+                    a.axvline(cross, color=colour, linestyle="--", alpha=0.7)
+                ax.plot([], [], color=colour, linestyle="--", label=f"ε = {eps:g}: advisor calls ULS from ≈ {cross:.2g} epochs")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("compute in epochs (B·T / Σ min(n_u, 4); population 100,000 → 150)")
-    ax.set_ylabel("held-out loss ELS − ULS (> 0: ULS better)")
-    ax.set_title("ELS vs ULS, tiny LM + LoRA, B = 64, T = 100, each mode tuned")
+    ax.set_ylabel("held-out loss ELS − ULS\n(> 0: ULS better)")
+    ax.set_title("ELS vs ULS: tiny LM + LoRA, B = 64, T = 100, each mode tuned (population 100,000 → 150)")
     ax.legend(fontsize=7)
+    ax2.axhline(1, color="black", lw=0.8)
+    ax2.axhspan(1 / CLOSE, CLOSE, color="grey", alpha=0.15, label="too close to call")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("advisor: ELS / ULS\nupdate SNR")
+    ax2.set_xlabel("compute in epochs (B·T / Σ min(n_u, 4))")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -232,7 +278,8 @@ def main() -> int:
               "", "![ELS − ULS against epochs](crossover/elsvsuls.png)"]
     text = "\n".join(parts) + "\n"
     (HERE / "results.md").write_text(text)
-    figure(rows, HERE / "elsvsuls.png")
+    curve = advisor_curve(predicted)
+    figure(rows, curve, HERE / "elsvsuls.png")
     readme = README.read_text()
     start, end = "<!-- crossover:start -->", "<!-- crossover:end -->"
     if start in readme and end in readme:
