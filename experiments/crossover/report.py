@@ -234,7 +234,7 @@ def figure(rows: list[dict], curve: dict, path: Path) -> None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_ylabel("held-out loss ELS − ULS\n(> 0: ULS better)")
-    ax.set_title("ELS vs ULS: tiny LM + LoRA, B = 64, T = 100, each mode tuned (population 100,000 → 150)")
+    ax.set_title("ELS vs ULS, tiny LM + LoRA, B = 64, T = 100, each mode tuned", fontsize=10)
     ax.legend(fontsize=7)
     ax2.axhline(1, color="black", lw=0.8)
     ax2.axhspan(1 / CLOSE, CLOSE, color="grey", alpha=0.15, label="too close to call")
