@@ -22,10 +22,11 @@ Design (one cell = a population N, an ε, a corpus):
   measured on the tuning seed's model and users) writes its prediction for the cell to
   predictions.jsonl with a timestamp; nothing it uses comes from the runs.
 * **σ = 0 reference** per population (T = 100, cap 4, lr 0.02, seed 0) for each mode.
-* **SmolLM2-135M + LoRA** (`--cells smollm2`, after `fl-userdp assets --export-hf`): 128 Shakespeare users
-  (16 held out), LoRA r = 4 on q_proj, v_proj, B = 16, T = 40 (≈ 1.4 epochs at a cap of 4), ε = 1 and 16;
-  cut to fit a CPU: the server lr is fixed at 0.02 (the earlier SmolLM2 tuning's usual choice), each mode
-  tunes only its cap over (1, 8), three reporting seeds, pilot on 32 users.
+* **SmolLM2-135M + LoRA** (`--cells smollm2`, after `fl-userdp assets --export-hf`): the two decisive
+  cells at ε = 1 — all 1,289 Shakespeare users (≈ 0.07 epochs at a cap of 4) and 32 of them (≈ 3 epochs),
+  16 held out, LoRA r = 4 on q_proj, v_proj, B = 16, T = 20; cut to fit a CPU: the server lr is fixed at
+  0.02 (the earlier SmolLM2 tuning's usual choice), each mode tunes only its cap over (1, 8), two reporting
+  seeds, pilot on 32 users.
 * **Real users** (`--cells shakespeare`): the 1,353 Shakespeare (play, character) users (1,289 training,
   64 held out), byte-level tiny LM, T = 300 steps at B = 64 (about 4 epochs of the rows kept at cap 4),
   ε = 1 and 16, the same tuning and reporting.
@@ -68,8 +69,9 @@ EPSILONS = (1.0, 4.0, 16.0)
 SIMILARITY = {"independent": 0.0, "mixed": 0.8, "near-copies": 0.95}
 SMOLLM2 = {"model.name": str(Path.home() / ".cache/fl-userdp/smollm2-hf"), "model.lora-rank": 4,
            "model.lora-targets": "q_proj,v_proj", "model.seq-len": 32}
-SMOLLM2_USERS, SMOLLM2_BUDGET, SMOLLM2_STEPS = 128, 16, 40   # ≈ 1.4 epochs at a cap of 4
-SMOLLM2_CAPS, SMOLLM2_LR, SMOLLM2_SEEDS = (1, 8), 0.02, (0, 1, 2)
+SMOLLM2_BUDGET, SMOLLM2_STEPS = 16, 20
+SMOLLM2_USERS = (1289, 32)   # the two decisive cells: ≈ 0.07 and ≈ 3 epochs at a cap of 4
+SMOLLM2_CAPS, SMOLLM2_LR, SMOLLM2_SEEDS = (1, 8), 0.02, (0, 1)
 SHAKESPEARE_USERS = 1289   # every (play, character) with text but the 64 held out
 SHAKESPEARE_STEPS = 300    # B·T = 19,200 rows: about 4 epochs of the kept rows at a cap of 4
 
@@ -89,14 +91,16 @@ def cells(which: str) -> list[dict]:
         for eps in (1.0, 16.0):
             out.append({"N": SHAKESPEARE_USERS, "eps": eps, "sim": "shakespeare", "steps": SHAKESPEARE_STEPS})
     if "smollm2" in which:
-        for eps in (1.0, 16.0):
-            out.append({"N": SMOLLM2_USERS, "eps": eps, "sim": "smollm2", "steps": SMOLLM2_STEPS,
+        for n in SMOLLM2_USERS:
+            out.append({"N": n, "eps": 1.0, "sim": "smollm2", "steps": SMOLLM2_STEPS,
                         "budget": SMOLLM2_BUDGET, "caps": SMOLLM2_CAPS, "lr": SMOLLM2_LR})
     return out
 
 
 def cell_name(c: dict) -> str:
-    if c["sim"] in ("shakespeare", "smollm2"):
+    if c["sim"] == "smollm2":
+        return f"smollm2-N{c['N']}-eps{c['eps']:g}"
+    if c["sim"] == "shakespeare":
         return f"{c['sim']}-eps{c['eps']:g}"
     return f"N{c['N']}-eps{c['eps']:g}-{c['sim']}"
 
@@ -104,7 +108,7 @@ def cell_name(c: dict) -> str:
 def base_config(cell: dict, seed: int) -> dict:
     cfg = {"seed": seed, "data.heldout-users": HELDOUT_USERS, "privacy.delta": DELTA}
     if cell["sim"] == "smollm2":
-        cfg.update({"data.source": "shakespeare", "data.num-users": SMOLLM2_USERS, "data.heldout-users": 16,
+        cfg.update({"data.source": "shakespeare", "data.num-users": cell["N"], "data.heldout-users": 16,
                     "privacy.secure-mode": False, **SMOLLM2})
     elif cell["sim"] == "shakespeare":
         # public text: seeded, so the study reproduces (own data would default to secure mode)
@@ -139,7 +143,7 @@ def run_config(cell: dict, mode: str, cap: int, lr: float, seed: int) -> dict:
     cfg.update({"privacy.mode": mode, "privacy.target-epsilon": cell["eps"], "privacy.sampling-rate": q,
                 "privacy.max-examples-per-user": cap, "privacy.clip-norm": CLIP, "train.rounds": steps_of(cell),
                 "train.server-lr": lr, "train.eval-every": steps_of(cell),
-                "train.eval-examples": 128 if cell["sim"] == "smollm2" else 4096,
+                "train.eval-examples": 64 if cell["sim"] == "smollm2" else 4096,
                 "sim.users-per-node": max(1, len(counts) // 2)})
     return cfg
 
