@@ -212,9 +212,11 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="simulations in parallel (one core each)")
     ap.add_argument("--cells", default="main", help="main, diversity, shakespeare, smollm2 (comma-separated)")
     ap.add_argument("--only", default="", help="run only the cells whose name contains this")
+    ap.add_argument("--skip", default="", help="comma-separated cell names not to run (cut for time)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    todo = [c for c in cells(args.cells) if args.only in cell_name(c)]
+    skip = set(filter(None, args.skip.split(",")))
+    todo = [c for c in cells(args.cells) if args.only in cell_name(c) and cell_name(c) not in skip]
     done = load(args.out)
     predicted = load(PREDICTIONS)
     rev = commit()
