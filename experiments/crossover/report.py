@@ -47,7 +47,8 @@ def replay(done: dict, cell: dict, mode: str):
 
 
 def seeds(done: dict, cell: dict, mode: str) -> list[dict] | None:
-    rows = [done.get(f"report|{cell_name(cell)}|{mode}|seed{s}") for s in REPORT_SEEDS]
+    which = run.SMOLLM2_SEEDS if cell["sim"] == "smollm2" else REPORT_SEEDS
+    rows = [done.get(f"report|{cell_name(cell)}|{mode}|seed{s}") for s in which]
     return None if any(r is None for r in rows) else rows
 
 
@@ -90,7 +91,9 @@ def fmt(x: np.ndarray) -> str:
 
 def label(cell: dict) -> str:
     if cell["sim"] == "shakespeare":
-        return "Shakespeare"
+        return "Shakespeare (1,289)"
+    if cell["sim"] == "smollm2":
+        return f"SmolLM2, Shakespeare ({cell['N']:,})"
     return f"{cell['N']:,}"
 
 
@@ -133,13 +136,20 @@ def pilot_table(predicted: dict) -> str:
     seen = set()
     for key, p in sorted(predicted.items()):
         c = p["cell"]
-        name = "Shakespeare" if c["sim"] == "shakespeare" else f"N {c['N']:,}, {c['sim']}"
+        name = label(c) if c["sim"] in ("shakespeare", "smollm2") else f"N {c['N']:,}, {c['sim']}"
         if name in seen:
             continue
         seen.add(name)
         ex, us = p["pilot"]["example_cosine"], p["pilot"]["user_cosine"]
-        lines.append(f"| {name} | {p['pilot']['within_user_share']:.3f} | {ex['1']:.4f} | {us['4']:.4f} | "
-                     f"{us['16']:.4f} | {us['32']:.4f} | {us['4'] / ex['4']:.2f} | {us['16'] / ex['16']:.2f} |")
+
+        def cell(d: dict, k: str) -> str:
+            return f"{d[k]:.4f}" if k in d else "—"
+
+        def gain(k: str) -> str:
+            return f"{us[k] / ex[k]:.2f}" if k in us and k in ex else "—"
+        extra = f" (c_U(8) {us['8']:.4f}, a(8) {gain('8')})" if "8" in us and "4" not in us else ""
+        lines.append(f"| {name}{extra} | {p['pilot']['within_user_share']:.3f} | {cell(ex, '1')} | {cell(us, '4')} | "
+                     f"{cell(us, '16')} | {cell(us, '32')} | {gain('4')} | {gain('16')} |")
     return "\n".join(lines)
 
 
@@ -161,10 +171,31 @@ def hit_rate(rows: list[dict]) -> tuple[str, list[str]]:
               f"{', close' if r['pred']['close'] else ''}), measured {r['outcome'].upper()} "
               f"({r['diff']:+.4f} ± {r['se']:.4f}, p {r['p']:.3f})" for r in decided if r not in hits]
     ties = sum(r["outcome"] == "tie" for r in rows)
+    calls = [r for r in rows if r["pred"] is not None and not r["pred"]["close"]]
+    signs = sum((r["diff"] > 0) == (r["pred"]["winner"] == "uls") for r in calls)
+    close = [r for r in rows if r["pred"] is not None and r["pred"]["close"]]
     text = (f"Advisor: **{len(hits)} of {len(decided)}** decided cells predicted right"
             f" ({len(sure_hits)} of {len(sure)} where it did not call the cell close); {ties} of {len(rows)} cells "
-            f"undecided (p ≥ {ALPHA}).")
+            f"undecided (p ≥ {ALPHA}). Where it made a call (not close), the measured difference has the predicted "
+            f"sign in **{signs} of {len(calls)}** cells, decided or not; where it said *too close to call* "
+            f"({len(close)} cells) the measured |ELS − ULS| is "
+            + (f"{np.median([abs(r['diff']) for r in close]):.3f} nats at the median, at most "
+               f"{max(abs(r['diff']) for r in close):.3f}." if close else "—."))
     return text, misses
+
+
+def sign_tests(rows: list[dict]) -> str:
+    """Pooled over cells: how often ULS came out ahead below and above one epoch (a one-sided sign test)."""
+    out = []
+    for name, sel in (("below 0.5 epochs", [r for r in rows if r["epochs4"] < 0.5]),
+                      ("at 0.5 epochs or more", [r for r in rows if r["epochs4"] >= 0.5])):
+        if not sel:
+            continue
+        k = sum(r["diff"] > 0 for r in sel)
+        p = float(stats.binomtest(k, len(sel), 0.5, alternative="greater").pvalue)
+        out.append(f"{name}: ULS ahead in {k} of {len(sel)} cells (one-sided sign test p = {p:.2g}; mean "
+                   f"ELS − ULS {np.mean([r['diff'] for r in sel]):+.4f})")
+    return "Pooled over the synthetic cells (independent and similar examples, every ε) — " + "; ".join(out) + "."
 
 
 CURVE = HERE / "advisor_curve.json"
@@ -249,12 +280,13 @@ def figure(rows: list[dict], curve: dict, path: Path) -> None:
 
 def main() -> int:
     done, predicted = load(run.RESULTS), load(run.PREDICTIONS)
-    rows = [r for r in (analyse(done, predicted, c) for c in cells("main,diversity,shakespeare")) if r is not None]
+    rows = [r for r in (analyse(done, predicted, c) for c in cells("main,diversity,shakespeare,smollm2"))
+            if r is not None]
     main_rows = [r for r in rows if r["cell"]["sim"] == "independent"]
-    div_rows = [r for r in rows if r["cell"]["sim"] not in ("independent", "shakespeare")]
+    div_rows = [r for r in rows if r["cell"]["sim"] in ("mixed", "near-copies")]
     div_rows += [r for r in main_rows if r["cell"]["eps"] == 4.0 and r["cell"]["N"] in (2_000, 150)]
     div_rows.sort(key=lambda r: (r["cell"]["N"], r["pred"]["pilot"]["within_user_share"] if r["pred"] else 0))
-    real = [r for r in rows if r["cell"]["sim"] == "shakespeare"]
+    real = [r for r in rows if r["cell"]["sim"] in ("shakespeare", "smollm2")]
     rate, misses = hit_rate(rows)
     parts = [
         f"Held-out loss after the run (mean ± sd over seeds {', '.join(map(str, REPORT_SEEDS))}); ELS − ULS "
@@ -267,13 +299,15 @@ def main() -> int:
         parts += ["", "**Within-user similarity** (`data.example-similarity` 0 / 0.8 / 0.95; ε = 4):", "",
                   main_table(div_rows)]
     if real:
-        parts += ["", "**Real users** (Shakespeare, byte-level tiny LM, T = 300):", "", main_table(real)]
-    parts += ["", rate, ""]
+        parts += ["", "**Real users** (Shakespeare: byte-level tiny LM, B = 64, T = 300; SmolLM2-135M + LoRA, B = 16, "
+                  "T = 20, lr fixed at 0.02, caps 1 / 8, seeds 0–1 (df = 1)):", "", main_table(real)]
+    synth = [r for r in rows if r["cell"]["sim"] in ("independent", "mixed", "near-copies")]
+    parts += ["", sign_tests(synth), "", rate, ""]
     parts += [f"- miss: {m}" for m in misses] or ["- no misses"]
     parts += ["", "Pilot cosines to the mean gradient at the starting weights (c_E: one example; c_U(G): a user's "
               "mean over G examples; a(G) = c_U(G) / c_E(G), the averaging gain):", "", pilot_table(predicted),
-              "", "Tuning choices and the neighbours run around them (each worse than the choice), and the smallest "
-              "clipped fraction of any round of the reporting runs:", "", edges_table(rows),
+              "", "Tuning choices (the lrs run at the chosen cap and the caps run at the chosen lr; every other point did "
+              "worse on the tuning seed), and the smallest clipped fraction of any round of the reporting runs:", "", edges_table(rows),
               "", "No noise (σ = 0, cap 4, lr 0.02, seed 0, T = 100):", "", references(done),
               "", "![ELS − ULS against epochs](crossover/elsvsuls.png)"]
     text = "\n".join(parts) + "\n"
