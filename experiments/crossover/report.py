@@ -184,6 +184,31 @@ def hit_rate(rows: list[dict]) -> tuple[str, list[str]]:
     return text, misses
 
 
+def checks(done: dict) -> list[str]:
+    """Re-runs of one mode at another (cap, lr) on the reporting seeds (keys check|cell|mode|capC|lrL|seedS),
+    each paired with the other mode's reporting runs: is a decided gap the mechanism or the tuning?"""
+    groups: dict[tuple, dict[int, float]] = {}
+    for key, row in done.items():
+        if key.startswith("check|"):
+            _, cname, mode, cap, lr, seed = key.split("|")
+            groups.setdefault((cname, mode, cap, lr), {})[int(seed[4:])] = row["eval_loss"]
+    out = []
+    for (cname, mode, cap, lr), losses in sorted(groups.items()):
+        other = "els" if mode == "uls" else "uls"
+        theirs = {s: done.get(f"report|{cname}|{other}|seed{s}") for s in losses}
+        if any(v is None for v in theirs.values()):
+            continue
+        seeds_ = sorted(losses)
+        mine = np.array([losses[s] for s in seeds_])
+        ref = np.array([theirs[s]["eval_loss"] for s in seeds_])
+        d = (ref - mine) if mode == "uls" else (mine - ref)          # always ELS − ULS
+        se = float(d.std(ddof=1) / math.sqrt(d.size))
+        p = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
+        out.append(f"{cname}: {mode.upper()} re-run at {cap.replace('cap', 'cap ')}, {lr.replace('lr', 'lr ')} on the "
+                   f"reporting seeds: ELS − ULS {d.mean():+.4f} ± {se:.4f} (p {p:.2f}, df {d.size - 1})")
+    return out
+
+
 def sign_tests(rows: list[dict]) -> str:
     """Pooled over cells: how often ULS came out ahead below and above one epoch (a one-sided sign test)."""
     out = []
@@ -304,6 +329,10 @@ def main() -> int:
     synth = [r for r in rows if r["cell"]["sim"] in ("independent", "mixed", "near-copies")]
     parts += ["", sign_tests(synth), "", rate, ""]
     parts += [f"- miss: {m}" for m in misses] or ["- no misses"]
+    found = checks(done)
+    if found:
+        parts += ["", "Checks of decided gaps (the other mode's tuned configuration kept):", ""]
+        parts += [f"- {c}" for c in found]
     parts += ["", "Pilot cosines to the mean gradient at the starting weights (c_E: one example; c_U(G): a user's "
               "mean over G examples; a(G) = c_U(G) / c_E(G), the averaging gain):", "", pilot_table(predicted),
               "", "Tuning choices (the lrs run at the chosen cap and the caps run at the chosen lr; every other point did "
