@@ -23,7 +23,9 @@ and corpus.
 
 Both also report the mean training loss of the records at the round's start
 weights (one no-grad forward over the same examples) so the server can log
-a training loss. The flat sums are float64 in `trainable_names` order.
+a training loss. The flat sums are float64 in `trainable_names` order, each record clipped to
+`fl_userdp.fixed_point.record_clip_norm(C)` and put on its grid before it is added: the sums are exact, so a
+seeded run's release (and its keyed noise) is the same bits whatever `sim.users-per-node` or the backend.
 """
 from __future__ import annotations
 
@@ -96,11 +98,11 @@ class Worker:
         self._heldout: dict[int, np.ndarray] = {}
 
     def _loss_sum(self, examples: np.ndarray, weights_per_record: np.ndarray | None = None) -> float:
-        from fl_userdp.local.updates import per_example_loss, _tokens
+        from fl_userdp.local.updates import per_example_loss, as_tokens
         import torch
 
         with torch.no_grad():
-            losses = torch.cat([per_example_loss(self.model, _tokens(self.model, examples[lo:lo + 64]), self.pad_id)
+            losses = torch.cat([per_example_loss(self.model, as_tokens(self.model, examples[lo:lo + 64]), self.pad_id)
                                 for lo in range(0, len(examples), 64)]).double().cpu().numpy()
         if weights_per_record is None:
             return float(losses.sum())
@@ -154,7 +156,7 @@ def linear_example_ids(seed: int, rnd: int, user: int, n_u: int, k: int) -> np.n
 
     A uniformly random k-subset, fresh each round: the k examples with the smallest hash of
     (seed, round, user, example) — a pure function, so many users can be chosen at once
-    (`_linear_choice`) with the same result as one at a time.
+    (`linear_choice`) with the same result as one at a time.
     """
     if n_u <= k:
         return np.arange(n_u)
@@ -172,7 +174,7 @@ def _choice_hash(seed: int, rnd: int, users: np.ndarray, local: np.ndarray) -> n
     return _mix64(ctr)
 
 
-def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k: int
+def linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(owner index into `users`, local id) of every chosen example, grouped by owner, ids sorted."""
     n = np.asarray(counts, np.int64)[users]
@@ -181,7 +183,7 @@ def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k
     big = n[owner] > k                      # only users with more than k examples choose
     if np.any(big):
         h = _choice_hash(seed, rnd, users[owner[big]], local[big])
-        order = _order_by_owner_then_hash(owner[big], h)
+        order = order_by_owner_then_hash(owner[big], h)
         rank = np.empty_like(order)
         rank[order] = local[big]
         keep = np.ones(owner.size, bool)
@@ -190,7 +192,7 @@ def _linear_choice(seed: int, rnd: int, counts: np.ndarray, users: np.ndarray, k
     return owner, local
 
 
-def _order_by_owner_then_hash(owner: np.ndarray, h: np.ndarray) -> np.ndarray:
+def order_by_owner_then_hash(owner: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Positions sorted by (owner, h), ties by position: `np.lexsort((h, owner))`, faster.
 
     One stable sort of a single 64-bit key (owner in the high bits, the hash's top 64 − b bits below, b ≤ 24
@@ -209,7 +211,13 @@ def _order_by_owner_then_hash(owner: np.ndarray, h: np.ndarray) -> np.ndarray:
     return order
 
 
-def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def row_dots(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x_i · w for each row, each row's dot formed the same way wherever the row sits (numpy's own loop, not
+    BLAS, whose kernels may group rows by position): a user's update must not depend on its node."""
+    return np.einsum("ed,d->e", x, w)
+
+
+def segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Row sums of `values` over the segments [offsets[i], offsets[i+1]) (all non-empty).
 
     A 2-D sum goes through a sparse 0/1 matrix (segments × rows): `np.add.reduceat` along axis 0 is about
@@ -251,9 +259,9 @@ class LinearWorker:
         """Per-user updates (M, d) and per-user mean losses at w (M,), examples grouped by user (CSR)."""
         t = cfg.train
         m = np.diff(offsets)
-        resid = x @ w - y
-        loss = _segment_sum(0.5 * resid ** 2, offsets) / m
-        grad = _segment_sum(resid[:, None] * x, offsets) / m[:, None]
+        resid = row_dots(x, w) - y
+        loss = segment_sum(0.5 * resid ** 2, offsets) / m
+        grad = segment_sum(resid[:, None] * x, offsets) / m[:, None]
         if t.update == "gradient":
             return grad, loss
         b = np.minimum(t.local_batch_size, m)
@@ -266,29 +274,32 @@ class LinearWorker:
         for step in range(t.local_steps):
             idx = offsets[:-1][owner] + (step * b[owner] + pos) % m[owner]
             r = np.einsum("ed,ed->e", x[idx], wu[owner]) - y[idx]
-            wu -= t.local_lr * _segment_sum(r[:, None] * x[idx], boff) / b[:, None]
+            wu -= t.local_lr * segment_sum(r[:, None] * x[idx], boff) / b[:, None]
         return w[None, :] - wu, loss
 
     def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
             with_loss: bool = True) -> Contribution:
         """All sampled users at once: choose ≤ k examples each, one CSR, per-user updates, clip, sum."""
         from fl_userdp.clipping import clip_factors, finite
+        from fl_userdp.fixed_point import record_clip_norm, scaled_grid_sum
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         if users.size == 0:
             return Contribution(np.zeros_like(w), 0, 0, 0, None)
-        owner, local = _linear_choice(self.seed, rnd, self.corpus.counts, users, cfg.privacy.max_examples_per_user)
+        owner, local = linear_choice(self.seed, rnd, self.corpus.counts, users, cfg.privacy.max_examples_per_user)
         x, y = self.corpus.rows(users[owner], local, self.corpus.user_weights(users)[owner])
         offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=users.size))])
         upd, loss = self._updates(cfg, w, x, y, offsets)
         norms = np.sqrt(np.einsum("ud,ud->u", upd, upd))
-        total = clip_factors(norms, cfg.privacy.clip_norm) @ finite(upd)
+        C = cfg.privacy.clip_norm
+        total = scaled_grid_sum(clip_factors(norms, record_clip_norm(C)), finite(upd), C)
         return Contribution(total, int(users.size), int(owner.size), int(np.sum(norms > cfg.privacy.clip_norm)),
                             float(loss.sum()) if with_loss else None)
 
     def uls_loop(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray) -> Contribution:
         """The same contribution as `uls`, one user at a time (the plain-loop reference)."""
         from fl_userdp.clipping import clip
+        from fl_userdp.fixed_point import record_clip_norm, to_grid
 
         w, k, C = self._weights(weights), cfg.privacy.max_examples_per_user, cfg.privacy.clip_norm
         total, examples, clipped, loss_sum = np.zeros_like(w), 0, 0, 0.0
@@ -297,7 +308,7 @@ class LinearWorker:
             x, y = self.corpus.rows(np.full(ids.size, u), ids)
             upd, loss = self._updates(cfg, w, x, y, np.array([0, ids.size]))
             norm = float(np.linalg.norm(upd[0]))
-            total += clip(upd[0], C)
+            total += to_grid(clip(upd[0], record_clip_norm(C)), C)
             examples, clipped, loss_sum = examples + ids.size, clipped + (norm > C), loss_sum + float(loss[0])
         return Contribution(total, len(users), examples, clipped, loss_sum if len(users) else None)
 
@@ -305,15 +316,16 @@ class LinearWorker:
             example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
         """Σ of per-example clipped gradients (x·w − y)·x of the sampled kept examples."""
         from fl_userdp.clipping import clip_factors, finite
+        from fl_userdp.fixed_point import record_clip_norm, scaled_grid_sum
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         owners = np.repeat(users, np.diff(offsets))
         x, y = self.corpus.rows(owners, example_ids)
-        resid = x @ w - y
+        resid = row_dots(x, w) - y
         norms = np.abs(resid) * np.sqrt(np.einsum("ed,ed->e", x, x))
-        coef = finite(clip_factors(norms, cfg.privacy.clip_norm) * resid)  # 0 for a non-finite record
+        coef = finite(clip_factors(norms, record_clip_norm(cfg.privacy.clip_norm)) * resid)  # 0 for a non-finite record
         loss = float(np.sum(0.5 * resid ** 2)) if with_loss and owners.size else None
-        return Contribution(coef @ finite(x), int(users.size), int(owners.size),
+        return Contribution(scaled_grid_sum(coef, finite(x), cfg.privacy.clip_norm), int(users.size), int(owners.size),
                             int(np.sum(norms > cfg.privacy.clip_norm)), loss)
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:

@@ -6,8 +6,8 @@ The node of the million-user row (`bench_population.py --scale`: 1,000,000 users
 ~10,000, so ~5,000 sampled users per node) computes its users' clipped ULS updates with
 `clients.compute.LinearWorker.uls`. Two of its steps have a plain numpy form: the per-user segment sums
 (`np.add.reduceat` along axis 0) and the per-user example choice (`np.lexsort` by owner, then hash). This
-script times `uls` with the current helpers (`_segment_sum` through a sparse 0/1 matrix,
-`_order_by_owner_then_hash`: one 64-bit sort key) and with the numpy forms swapped in, alternating,
+script times `uls` with the current helpers (`segment_sum` through a sparse 0/1 matrix,
+`order_by_owner_then_hash`: one 64-bit sort key) and with the numpy forms swapped in, alternating,
 checks that both give the same sum, and prints the medians and their ratio.
 """
 from __future__ import annotations
@@ -45,20 +45,20 @@ def main() -> None:
     worker = compute.LinearWorker(cfg)
     users = np.sort(np.random.default_rng(0).choice(500_000, a.users, replace=False))
     weights = [np.zeros(cfg.model.dim, np.float32)]
-    current = (compute._segment_sum, compute._order_by_owner_then_hash)
+    current = (compute.segment_sum, compute.order_by_owner_then_hash)
     variants = {"numpy reference": (numpy_segment_sum, numpy_order), "current": current}
     times = {k: [] for k in variants}
     try:
         for rep in range(a.reps):
             totals = {}
             for name, (seg, order) in variants.items():
-                compute._segment_sum, compute._order_by_owner_then_hash = seg, order
+                compute.segment_sum, compute.order_by_owner_then_hash = seg, order
                 t0 = time.perf_counter()
                 totals[name] = worker.uls(cfg, weights, rep, users).total
                 times[name].append(time.perf_counter() - t0)
             np.testing.assert_allclose(totals["current"], totals["numpy reference"], rtol=1e-12, atol=1e-12)
     finally:
-        compute._segment_sum, compute._order_by_owner_then_hash = current
+        compute.segment_sum, compute.order_by_owner_then_hash = current
     med = {k: statistics.median(v[2:]) for k, v in times.items()}
     print(f"{a.users:,} users of a 500,000-user node, d = {cfg.model.dim}; medians of {a.reps - 2} alternating "
           f"reps (2 warm-up); the same sums")

@@ -180,7 +180,7 @@ def cohorts(cfg, rounds: int) -> list[np.ndarray]:
 def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     import torch
 
-    from clients.compute import LinearWorker, _linear_choice
+    from clients.compute import LinearWorker, linear_choice
     from fl_userdp.clipping import clip_factors
 
     torch.set_num_threads(1)
@@ -190,7 +190,7 @@ def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     res: dict[str, list[float]] = {k_: [] for k_ in ("torch", "numpy", "numpy_lazy", "vec", "vec_lazy")}
     totals = {}
     for rnd, users in enumerate(cohort_list, start=1):
-        owner, local = _linear_choice(cfg.seed, rnd, worker.corpus.counts, users, k)
+        owner, local = linear_choice(cfg.seed, rnd, worker.corpus.counts, users, k)
         x, y = worker.corpus.rows(users[owner], local)
         offs = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=users.size))])
         xs = [x[offs[i]:offs[i + 1]] for i in range(users.size)]

@@ -48,6 +48,7 @@ from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.aggregate import release
 from fl_userdp.clipping import clip_factors
 from fl_userdp.errors import ConfigError
+from fl_userdp.fixed_point import record_clip_norm, to_grid
 from fl_userdp.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
 
@@ -131,7 +132,8 @@ class UserDPFedAvg(Strategy):
                 continue
             taken.add(node)
             norm = float(np.linalg.norm(upd))
-            total += upd * float(clip_factors(np.array([norm]), self.clip)[0])
+            # exact (grid) sum: the release does not depend on the order the replies arrive in
+            total += to_grid(upd * float(clip_factors(np.array([norm]), record_clip_norm(self.clip))[0]), self.clip)
             replied, clipped = replied + 1, clipped + (norm > self.clip)
         # 5. release: noise once, the expected cohort q·N
         expected = self.q * len(self.population)

@@ -59,7 +59,7 @@ from ..config import RunConfig, is_task_spec
 from ..errors import ConfigError
 from .model import get_trainable, set_trainable, trainable_params
 from .pretrained import resolve_device
-from .updates import _clip_factors, _flat_cpu
+from .updates import clip_factors, from_grid_units, grid_units
 
 KEY = "model.name"
 DEFAULT_CHUNK = 256
@@ -275,16 +275,16 @@ def els_clipped_sum(task: LoadedTask, rows: np.ndarray, clip_norm: float,
                     chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, int]:
     """Σ_i clip(∇ loss_i, C) over `rows` at the current weights; (flat float64 sum, number clipped)."""
     params = [p for _, p in trainable_params(task.module)]
-    total = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
+    total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     clipped = 0
     for lo in range(0, len(rows), chunk_size):
         grads = per_example_grads(task, as_batch(task.module, rows[lo:lo + chunk_size]))
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
-        factors = _clip_factors(norms, clip_norm, 1e-300)
+        factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
         for acc, g in zip(total, grads):
-            acc += torch.einsum("b,b...->...", factors, torch.nan_to_num(g.double(), nan=0.0, posinf=0.0, neginf=0.0))
-    return _flat_cpu(total), clipped
+            acc += grid_units(factors, g.reshape(g.shape[0], -1), clip_norm)
+    return from_grid_units(total, clip_norm), clipped
 
 
 def _local_steps(task: LoadedTask, rows: np.ndarray, start: list[np.ndarray], steps: int, lr: float,
@@ -341,9 +341,9 @@ def uls_clipped_sum(task: LoadedTask, user_rows: list[np.ndarray], clip_norm: fl
     else:
         raise ValueError(f"update must be 'gradient' or 'local-steps', got {update!r}")
     norms = torch.sqrt(sum(u.pow(2).sum(dim=1) for u in per_user))
-    factors = _clip_factors(norms, clip_norm, 1e-300)
-    total = [factors @ torch.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0) for u in per_user]
-    return _flat_cpu(total), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
+    factors = clip_factors(norms, clip_norm)
+    total = [grid_units(factors, u, clip_norm) for u in per_user]
+    return from_grid_units(total, clip_norm), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
 
 
 def eval_loss(task: LoadedTask, rows: np.ndarray) -> float:

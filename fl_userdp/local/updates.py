@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_userdp.fixed_point import grid_exponent, record_clip_norm
+
 from .model import get_trainable, set_trainable, trainable_params
 
 DEFAULT_CHUNK = 64
@@ -44,7 +46,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _tokens(model: nn.Module, examples: np.ndarray) -> torch.Tensor:
+def as_tokens(model: nn.Module, examples: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(examples, dtype=np.int64), device=_device(model))
 
 
@@ -226,16 +228,16 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
     """
     examples = np.asarray(examples, dtype=np.int64)
     params = [p for _, p in trainable_params(model)]
-    total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+    total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     clipped = 0
     for lo in range(0, examples.shape[0], chunk_size):
-        grads = per_example_grads(model, _tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast)
-        norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
-        factors = _clip_factors(norms, clip_norm, 1e-12)
+        grads = per_example_grads(model, as_tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast)
+        norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
+        factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
         for acc, g in zip(total, grads):
-            acc += torch.einsum("b,b...->...", factors, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
-    return _flat_cpu(total), clipped
+            acc += grid_units(factors, g.reshape(g.shape[0], -1), clip_norm)
+    return from_grid_units(total, clip_norm), clipped
 
 
 def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_size: int,
@@ -250,7 +252,7 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
         stacked = np.concatenate(nonempty)
         owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
         for lo in range(0, stacked.shape[0], chunk_size):
-            grads = per_example_grads(model, _tokens(model, stacked[lo:lo + chunk_size]), method, pad_id,
+            grads = per_example_grads(model, as_tokens(model, stacked[lo:lo + chunk_size]), method, pad_id,
                                       autocast)
             who = owner[lo:lo + chunk_size]
             for acc, g in zip(sums, grads):
@@ -267,7 +269,7 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
     n = len(examples)
     if n == 0:
         return [torch.zeros_like(p) for p in params]
-    tokens = _tokens(model, examples)
+    tokens = as_tokens(model, examples)
     b = min(batch_size, n)
     model.train()
     for step in range(local_steps):
@@ -315,16 +317,31 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
                   for e in user_examples]
         per_user = [torch.stack([d[j].reshape(-1) for d in deltas]) for j in range(len(params))]
     norms = torch.sqrt(sum(u.double().pow(2).sum(dim=1) for u in per_user))
-    factors = _clip_factors(norms, clip_norm, 1e-300)
+    factors = clip_factors(norms, clip_norm, 1e-300)
     for acc, u in zip(total, per_user):
-        acc += factors @ torch.nan_to_num(u.double(), nan=0.0, posinf=0.0, neginf=0.0)
-    return _flat_cpu(total), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
+        acc += grid_units(factors, u, clip_norm)
+    return from_grid_units(total, clip_norm), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
 
 
-def _clip_factors(norms: torch.Tensor, clip_norm: float, tiny: float) -> torch.Tensor:
-    """min(1, C/‖g‖) per record, 0 for a non-finite norm (as `fl_userdp.clipping.clip_factors`)."""
-    factors = torch.clamp(clip_norm / torch.clamp(norms, min=tiny), max=1.0)
+def clip_factors(norms: torch.Tensor, clip_norm: float, tiny: float = 1e-300) -> torch.Tensor:
+    """min(1, C'/‖g‖) per record, C' = `record_clip_norm(C)` (C less 2^-40 of it: see `fl_userdp.fixed_point`),
+    0 for a non-finite norm (as `fl_userdp.clipping.clip_factors`). Float64 norms give float64 factors."""
+    factors = torch.clamp(record_clip_norm(clip_norm) / torch.clamp(norms, min=tiny), max=1.0)
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
+
+
+def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """Σ_i of the clipped records factors_i·records_i (rows), each on the grid of `fl_userdp.fixed_point`,
+    in grid units: float64 integers, whose sum is exact in any order (the torch twin of `scaled_grid_sum`).
+    A non-finite record (factor 0) counts as zero."""
+    scale = factors.double() * 2.0 ** grid_exponent(clip_norm)
+    scaled = torch.nan_to_num(records.double(), nan=0.0, posinf=0.0, neginf=0.0) * scale[:, None]
+    return torch.trunc(scaled).sum(dim=0)
+
+
+def from_grid_units(sums: list[torch.Tensor], clip_norm: float) -> np.ndarray:
+    """Flat float64 numpy vector of grid-unit sums (exact: the unit is a power of two)."""
+    return np.ldexp(_flat_cpu(sums), -grid_exponent(clip_norm))
 
 
 @torch.no_grad()
@@ -339,7 +356,7 @@ def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64, pad_
         return float("nan")
     total, tokens_counted = 0.0, 0.0
     for lo in range(0, examples.shape[0], batch_size):
-        tokens = _tokens(model, examples[lo:lo + batch_size])
+        tokens = as_tokens(model, examples[lo:lo + batch_size])
         mask = target_mask(tokens, pad_id)
         weights = (mask.sum(dim=1) if mask is not None
                    else torch.full((tokens.shape[0],), float(tokens.shape[1] - 1), device=tokens.device))
@@ -349,4 +366,4 @@ def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64, pad_
 
 
 __all__ = ["per_example_loss", "target_mask", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
-           "get_trainable", "set_trainable"]
+           "clip_factors", "grid_units", "from_grid_units", "get_trainable", "set_trainable"]

@@ -56,5 +56,5 @@ def test_clip_factors_drop_non_finite_records():
     x = np.array([[3.0, 4.0], [np.nan, 1.0], [np.inf, 0.0]])
     clipped, was = clip_rows(x, 1.0)
     np.testing.assert_allclose(clipped, [[0.6, 0.8], [0.0, 0.0], [0.0, 0.0]])
-    f = updates._clip_factors(torch.tensor([0.5, 4.0, float("nan"), float("inf")]), 2.0, 1e-12)
+    f = updates.clip_factors(torch.tensor([0.5, 4.0, float("nan"), float("inf")]), 2.0, 1e-12)
     assert f.tolist() == [1.0, 0.5, 0.0, 0.0]

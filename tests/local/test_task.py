@@ -100,8 +100,8 @@ def test_uls_is_mean_grad_then_clip_and_local_step_is_lr_times_grad(task, rows):
     np.testing.assert_allclose(norms, [r[1] for r in refs], rtol=1e-4)
     assert n_clipped == sum(r[1] > c for r in refs)
     lr = 0.3
-    ls, _, _ = uls_clipped_sum(task, users, 1e6, "local-steps", 1, lr, 8, start)
-    g, _, _ = uls_clipped_sum(task, users, 1e6, "gradient", 1, lr, 8, start)
+    ls, _, _ = uls_clipped_sum(task, users, 100.0, "local-steps", 1, lr, 8, start)
+    g, _, _ = uls_clipped_sum(task, users, 100.0, "gradient", 1, lr, 8, start)
     np.testing.assert_allclose(ls, lr * g, rtol=1e-3, atol=1e-4 * np.abs(lr * g).max())
     assert all(np.array_equal(a, b) for a, b in zip(start, get_trainable(task.module)))
 

@@ -54,6 +54,25 @@ def test_compare_runs_each_mode_through_ray(compare_run, mode):
     assert (out / f"checkpoint-{mode}.npz").exists() and (out / f"releases-{mode}.log").exists()
 
 
+def test_flower_and_in_process_with_other_sharding_publish_the_same_bits(compare_run, tmp_path):
+    """Backend and `sim.users-per-node` are speed only: the same seeded weights, bit for bit."""
+    import numpy as np
+
+    from server.checkpoint import checkpoint_path, load_checkpoint
+
+    rc, out, _ = compare_run
+    other = tmp_path / "inprocess"
+    assert main(["compare", "--rounds", "3", "--backend", "inprocess", "--out", str(other), *SMALL,
+                 "--set", "sim.users-per-node=3"]) == 0
+    for mode in ("uls", "els"):
+        a = load_checkpoint(checkpoint_path(out, mode))[1]
+        b = load_checkpoint(checkpoint_path(other, mode))[1]
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{mode} {key}: Flower (8 per node) vs "
+                                                                 f"in-process (3 per node)")
+
+
 def test_compare_writes_summary_and_plot(compare_run):
     rc, out, _ = compare_run
     summary = json.loads((out / "summary.json").read_text())
