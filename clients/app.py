@@ -8,7 +8,7 @@ CSR over the node's sampled users). The reply holds the node's sum of
 clipped contributions (ArrayRecord "update", float64, shaped like the
 trainables) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
 seconds, max-rss-mb: the node process's peak resident memory). Model and corpus are cached per worker process
-(`clients.compute.worker_for`).
+(`fl_userdp.clients.compute.worker_for`).
 """
 from __future__ import annotations
 

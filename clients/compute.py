@@ -18,7 +18,7 @@ all its sampled users' updates in one vectorised pass (segment sums over a
 CSR of examples); `LinearWorker.uls_loop` is the same computation one user
 at a time (the plain-loop reference of tests and benchmarks).
 `model.name = "package.module:factory"` (your own torch task) gets
-`clients.task.TaskWorker`, the same computation with the task's module, loss
+`fl_userdp.clients.task.TaskWorker`, the same computation with the task's module, loss
 and corpus.
 
 Both also report the mean training loss of the records at the round's start

@@ -1,6 +1,6 @@
 """What one node computes for your own task (`model.name = "package.module:factory"`; no Flower here).
 
-`TaskWorker` is `clients.compute.Worker` with the task's module, per-example
+`TaskWorker` is `fl_userdp.clients.compute.Worker` with the task's module, per-example
 loss and corpus (`fl_userdp.local.task`) in place of the LM's: ULS users train
 on at most k of their rows, chosen afresh each round exactly as for the LM
 (`uls_example_ids`), each user's update clipped to C as a whole; ELS sums the

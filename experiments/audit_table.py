@@ -20,7 +20,7 @@ FAULTS = ("none", "noise", "clip", "sampling", "partial-noise", "partial-noise-2
 
 
 def main() -> int:
-    from server.audit import PipelineAuditConfig, run_pipeline_audit
+    from fl_userdp.server.audit import PipelineAuditConfig, run_pipeline_audit
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)

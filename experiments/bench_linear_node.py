@@ -4,7 +4,7 @@
 
 The node of the million-user row (`bench_population.py --scale`: 1,000,000 users on 2 nodes, cohort
 ~10,000, so ~5,000 sampled users per node) computes its users' clipped ULS updates with
-`clients.compute.LinearWorker.uls`. Two of its steps have a plain numpy form: the per-user segment sums
+`fl_userdp.clients.compute.LinearWorker.uls`. Two of its steps have a plain numpy form: the per-user segment sums
 (`np.add.reduceat` along axis 0) and the per-user example choice (`np.lexsort` by owner, then hash). This
 script times `uls` with the current helpers (`segment_sum` through a sparse 0/1 matrix,
 `order_by_owner_then_hash`: one 64-bit sort key) and with the numpy forms swapped in, alternating,
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import clients.compute as compute  # noqa: E402
+import fl_userdp.clients.compute as compute  # noqa: E402
 from bench_population import config  # noqa: E402
 
 

@@ -5,7 +5,7 @@ local SGD step on the squared loss over its ≤ k = 8 examples from the broadcas
 gradient), clipped to C = 1, summed, Gaussian noise once (σ = 1). Measured side by side in one process:
 
 * ours through Flower: `run_simulation` with --nodes nodes (1 CPU each) hosting ⌈N / nodes⌉ users each, the
-  production round loop (`server.runner.run_mode` + `UserDPStrategy` + `GridTransport`: sampling, the
+  production round loop (`fl_userdp.server.runner.run_mode` + `UserDPStrategy` + `GridTransport`: sampling, the
   node computations, validation, noise, server step, accounting; evaluation off), N = 10,000 (cohort
   1,000, q = 0.1) and N = 100,000 (cohort 1,000, q = 0.01); user-updates/s = users in the round / seconds
   between consecutive rounds, median over the rounds after --warmup;
@@ -76,10 +76,10 @@ def run_ours(cfg, warmup: int) -> dict:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
-    from server.app import GridTransport, discover
-    from server.runner import prepare, run_mode
-    from server.simulate import backend_config
+    from fl_userdp.clients.app import app as client_app
+    from fl_userdp.server.app import GridTransport, discover
+    from fl_userdp.server.runner import prepare, run_mode
+    from fl_userdp.server.simulate import backend_config
 
     class Measured(GridTransport):
         node_rss, node_seconds = 0.0, []
@@ -125,8 +125,8 @@ def run_ours(cfg, warmup: int) -> dict:
 # -- plain loops and the vectorised computation over the same cohorts ------------------------------------------
 def run_inprocess(cfg, warmup: int) -> dict:
     """The in-process backend on the same config: the same `run_mode`, strategy and node code, no engine."""
-    from server.inprocess import InProcessTransport
-    from server.runner import prepare, run_mode
+    from fl_userdp.server.inprocess import InProcessTransport
+    from fl_userdp.server.runner import prepare, run_mode
 
     setup = prepare(cfg)
     transport = InProcessTransport(cfg)
@@ -169,8 +169,8 @@ def run_scale(a, tmp: str) -> None:
 
 
 def cohorts(cfg, rounds: int) -> list[np.ndarray]:
-    from server.runner import prepare
-    from server.strategy import UserDPStrategy
+    from fl_userdp.server.runner import prepare
+    from fl_userdp.server.strategy import UserDPStrategy
 
     setup = prepare(cfg)
     s = UserDPStrategy(cfg, setup.counts, setup.init_weights, 1.0)
@@ -180,7 +180,7 @@ def cohorts(cfg, rounds: int) -> list[np.ndarray]:
 def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     import torch
 
-    from clients.compute import LinearWorker, linear_choice
+    from fl_userdp.clients.compute import LinearWorker, linear_choice
     from fl_userdp.clipping import clip_factors
 
     torch.set_num_threads(1)
@@ -277,7 +277,7 @@ def run_stock(num_users: int, rounds: int, warmup: int) -> dict:
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        from clients.compute import linear_example_ids, worker_for
+        from fl_userdp.clients.compute import linear_example_ids, worker_for
 
         worker = worker_for(cfg)
         user = int(context.node_config["partition-id"])
@@ -301,7 +301,7 @@ def run_stock(num_users: int, rounds: int, warmup: int) -> dict:
         dp.start(grid, ArrayRecord([np.zeros(cfg.model.dim)]), num_rounds=rounds,
                  evaluate_fn=lambda rnd, arrays: stamps.append(time.perf_counter()))
 
-    from server.simulate import backend_config
+    from fl_userdp.server.simulate import backend_config
     run_simulation(server_app=server, client_app=client, num_supernodes=num_users, backend_config=backend_config(cfg))
     dts = np.diff(stamps)[warmup:]
     return {"s_per_round": float(np.median(dts)), "ups": (num_users // 10) / float(np.median(dts)),

@@ -4,7 +4,7 @@ Both sides compute the identical clipped updates of the same cohort (default
 32 users of the default config: tiny LM + LoRA, synthetic corpus, 4 nodes of
 64 users): the Flower side sends one request per node through Flower's
 simulation engine on Ray (messages, serialisation, actors), the plain side
-calls the same node computations (`clients.compute`) one after another in
+calls the same node computations (`fl_userdp.clients.compute`) one after another in
 this process. Both are warmed up first; we report medians of --reps rounds
 and the ratio flower / plain (target <= 1.3). The server's accounting and
 noise are the same on both sides and are left out.
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from fl_userdp.config import parse_config  # noqa: E402
 from fl_userdp.rng import rng_for  # noqa: E402
-from server.strategy import NodeReply, NodeRequest, UserDPStrategy, with_mode  # noqa: E402
+from fl_userdp.server.strategy import NodeReply, NodeRequest, UserDPStrategy, with_mode  # noqa: E402
 
 
 def cohort_requests(strategy: UserDPStrategy, users: np.ndarray) -> dict[int, NodeRequest]:
@@ -64,11 +64,11 @@ def main() -> None:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
-    from server.app import GridTransport, discover
-    from server.inprocess import InProcessTransport
-    from server.runner import prepare
-    from server.simulate import backend_config
+    from fl_userdp.clients.app import app as client_app
+    from fl_userdp.server.app import GridTransport, discover
+    from fl_userdp.server.inprocess import InProcessTransport
+    from fl_userdp.server.runner import prepare
+    from fl_userdp.server.simulate import backend_config
 
     cfg = parse_config({"privacy.noise-multiplier": 1.0})
     setup = prepare(cfg, ["uls"])

@@ -5,7 +5,7 @@
     res["uls"].epsilons, res["els"].records[-1]["eval_loss"], res["uls"].weights
 
 `simulate` takes the same keys as the CLI (a flat dict of run-config keys, or
-a `RunConfig`) and runs the same code (`server.runner.run_mode` over the
+a `RunConfig`) and runs the same code (`fl_userdp.server.runner.run_mode` over the
 Flower simulation engine on Ray, or over the in-process transport). With
 `out` it writes the usual files there (release logs, metrics.jsonl,
 checkpoints, summary, plot) and can `resume`; without it the run's files live
@@ -98,7 +98,7 @@ def simulate(config: RunConfig | Mapping[str, Any] | None = None, modes: Sequenc
         raise ConfigError("modes", modes, "must be a non-empty list of 'uls' and 'els'")
     if resume and out is None:
         raise ConfigError("out", None, "is required to resume (the run's release logs are there)")
-    from server.runner import check_fresh, check_resume, prepare
+    from fl_userdp.server.runner import check_fresh, check_resume, prepare
 
     tmp = None
     if out is None:
@@ -112,10 +112,10 @@ def simulate(config: RunConfig | Mapping[str, Any] | None = None, modes: Sequenc
             check_fresh(out, modes)
         setup = setup or prepare(cfg, modes, resume=resume)
         if backend == "inprocess":
-            from server import inprocess
+            from fl_userdp.server import inprocess
             results = inprocess.run(cfg, modes, resume=resume, setup=setup, on_record=on_record, on_mode=on_mode)
         else:
-            from server import simulate as engine
+            from fl_userdp.server import simulate as engine
             results = engine.run(cfg, modes, resume=resume, ray_address=ray_address, setup=setup,
                                  on_record=on_record, on_mode=on_mode, on_restart=on_restart)
         runs = {res.mode: _mode_run(res) for res in results}

@@ -1,8 +1,8 @@
 """The Flower ServerApp and the user-level DP strategy.
 
-`server.strategy` holds the round logic and runs without the Flower engine
-(it talks to nodes through a `Transport` callable); `server.app` wires it to
-Flower's Grid; `server.simulate` is the `run_simulation` driver the CLI uses.
+`fl_userdp.server.strategy` holds the round logic and runs without the Flower engine
+(it talks to nodes through a `Transport` callable); `fl_userdp.server.app` wires it to
+Flower's Grid; `fl_userdp.server.simulate` is the `run_simulation` driver the CLI uses.
 """
 import os as _os
 

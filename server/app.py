@@ -3,7 +3,7 @@
 `app` (for `flwr run .`) reads the flat run config from `context.run_config`
 (the keys of `fl_userdp.config.SCHEMA`, from `[tool.flwr.app.config]`).
 `build_server_app(...)` makes an app around an already parsed config and
-callbacks; `server.simulate` uses it with `run_simulation`, which has no
+callbacks; `fl_userdp.server.simulate` uses it with `run_simulation`, which has no
 run-config argument.
 """
 from __future__ import annotations

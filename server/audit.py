@@ -3,7 +3,7 @@
 `fl_userdp.audit` re-implements sampling and release to check the noise and
 the accountant. This audit instead sends canary users through everything a
 run does — the strategy's Poisson sampling (ULS users or ELS kept examples),
-the node computation (`clients.compute.LinearWorker`: per-user or
+the node computation (`fl_userdp.clients.compute.LinearWorker`: per-user or
 per-example clipping, sums), the transport, the server's validation, the
 per-release noise, the expected-count denominator and the ledger — and reads
 only what the run *publishes*: the released updates as handed to the
@@ -164,7 +164,7 @@ def _run_config(a: PipelineAuditConfig, num_users: int, sampling_rate: float, cl
 
 def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
     """Run the audited training run with canaries; return the lower bound next to the ledger's ε."""
-    from clients.compute import LinearWorker
+    from fl_userdp.clients.compute import LinearWorker
     from fl_userdp.data import LinearCorpus
 
     from .inprocess import InProcessTransport
@@ -207,7 +207,7 @@ def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
 @contextlib.contextmanager
 def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
     """Faults in the release step, for testing the auditor: noise withheld from a fixed share of the
-    coordinates, or the release divided by the realised count (patched into `server.strategy` for the
+    coordinates, or the release divided by the realised count (patched into `fl_userdp.server.strategy` for the
     duration of the audit's rounds only)."""
     from fl_userdp.aggregate import Release
 

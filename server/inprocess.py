@@ -1,6 +1,6 @@
 """An in-process transport: the same node computations, no engine (tests, benchmarks, debugging).
 
-Nodes are computed one after another in this process with `clients.compute`,
+Nodes are computed one after another in this process with `fl_userdp.clients.compute`,
 exactly what each Flower node would compute for the same request.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from clients.compute import worker_for
+from fl_userdp.clients.compute import worker_for
 from fl_userdp.config import RunConfig
 
 from .strategy import NodeReply, NodeRequest, with_clip_norm

@@ -6,7 +6,7 @@ then ELS for compare: one Ray start), shows progress, and returns the
 per-mode results. When a Ray worker (a ClientApp actor) dies, Flower's actor
 pool keeps handing messages to the dead actor, so the run would decay to a
 fraction of its nodes: instead the round in progress is abandoned before
-release (`server.app.WorkerLost`), the engine is started afresh and the run
+release (`fl_userdp.server.app.WorkerLost`), the engine is started afresh and the run
 resumes from its release log (at most `sim.max-restarts` times). `sim.ray-address` (or `ray_address=`) attaches to a running
 Ray cluster (`auto` or host:port) instead of starting a local one. Ray
 workers run with one thread (OMP_NUM_THREADS=1) unless the caller set it.
@@ -56,7 +56,7 @@ def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, ray_address: 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
+    from fl_userdp.clients.app import app as client_app
 
     from .app import WorkerLost, build_server_app
 

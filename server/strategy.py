@@ -5,7 +5,7 @@ The strategy never touches the engine. Each round it hands a `Transport` one
 [p·U, (p+1)·U), U = sim.users-per-node) together with the current weights,
 and gets back, per node, a `NodeReply` (the node's summed clipped updates and
 counts) or a `NodeFailure`; a node missing from the answer timed out. The
-Flower transport lives in `server.app`; tests pass fakes.
+Flower transport lives in `fl_userdp.server.app`; tests pass fakes.
 
 Round r (`run_round`):
   0. budget  — stop before a release that would take ε past the budget (privacy.max-epsilon, and

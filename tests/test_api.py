@@ -10,7 +10,7 @@ import pytest
 import fl_userdp
 from fl_userdp.cli import main
 from fl_userdp.errors import ConfigError
-from server.checkpoint import checkpoint_path, load_checkpoint
+from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
 FLAT = {"model.name": "linear", "model.dim": 8, "data.num-users": 40, "data.heldout-users": 4,
         "sim.users-per-node": 10, "privacy.sampling-rate": 0.3, "train.rounds": 3, "train.eval-every": 1}

@@ -23,7 +23,7 @@ from fl_userdp.errors import ConfigError
 from fl_userdp.noise import SecureGenerator, gaussian_noise, release_key, release_rng, secure_standard_normal
 from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
 from fl_userdp.validation import NORM_TOLERANCE, check_contribution
-from server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrategy, check_identity, identity, with_clip_norm
+from fl_userdp.server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrategy, check_identity, identity, with_clip_norm
 
 
 # -- aggregate ----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def report(out: str | Path) -> dict[str, dict[str, float]]:
     from fl_userdp.config import parse_config
     from fl_userdp.local.model import set_trainable, trainable_shapes, unflatten
     from fl_userdp.local.task import cached_task
-    from server.checkpoint import checkpoint_path, load_checkpoint
+    from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
     out = Path(out)
     summary = json.loads((out / "summary.json").read_text())

@@ -30,8 +30,8 @@ from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant  # noqa: E402
 
 from quickstart_app import DIM, app as client_app  # noqa: E402
-from server.dropin import UserDPFedAvg  # noqa: E402
-from server.flower_accountant import FlowerRdpAccountant  # noqa: E402
+from fl_userdp.server.dropin import UserDPFedAvg  # noqa: E402
+from fl_userdp.server.flower_accountant import FlowerRdpAccountant  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
         poisson.compose(ours.event, a.rounds)
         out["flower_rdp_with_poisson_amplification"] = poisson.epsilon()
 
-    from server.simulate import backend_config
+    from fl_userdp.server.simulate import backend_config
     from fl_userdp.config import parse_config
     run_simulation(server_app=server, client_app=client_app, num_supernodes=a.users,
                    backend_config=backend_config(parse_config({})))

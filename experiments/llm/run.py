@@ -14,8 +14,8 @@ Each `experiments/llm/<name>.toml` is one configuration (flat config keys,
 ledger, optimizer state and round come back with it); one with neither starts
 over. Kill it at any time and run the same command again.
 
-The server round loop is `server.runner.run_mode` (the one `fl-userdp run`
-uses) with `server.inprocess.InProcessTransport`: the same node computations
+The server round loop is `fl_userdp.server.runner.run_mode` (the one `fl-userdp run`
+uses) with `fl_userdp.server.inprocess.InProcessTransport`: the same node computations
 as the Flower simulation, in this process (no Ray actors, one copy of the
 model; on a 2-core CPU that is the difference between fitting and not).
 All configs of one process share one model and one tokenised corpus. The
@@ -100,7 +100,7 @@ _INIT: dict[tuple, list] = {}
 
 def shared_worker(cfg):
     """The process's Worker for cfg (model + corpus, shared by configs) and the initial adapter weights."""
-    from clients.compute import worker_for
+    from fl_userdp.clients.compute import worker_for
     from fl_userdp.local.model import get_trainable
 
     worker = worker_for(cfg)
@@ -114,13 +114,13 @@ class NoLossTransport:
     """`InProcessTransport` without the training-loss forward pass (about a quarter of a round's compute)."""
 
     def __init__(self, cfg) -> None:
-        from server.inprocess import InProcessTransport
+        from fl_userdp.server.inprocess import InProcessTransport
 
         self.inner = InProcessTransport(cfg)
 
     def __call__(self, requests, weights):
-        from server.inprocess import contribution_arrays
-        from server.strategy import NodeReply
+        from fl_userdp.server.inprocess import contribution_arrays
+        from fl_userdp.server.strategy import NodeReply
 
         cfg, worker, out = self.inner.cfg, self.inner.worker, {}
         for node, req in requests.items():
@@ -135,9 +135,9 @@ class NoLossTransport:
 def run_one(name: str, cfg, log, no_train_loss: bool = True) -> None:
     from fl_userdp import report
     from fl_userdp.config import to_flat
-    from server.inprocess import InProcessTransport
+    from fl_userdp.server.inprocess import InProcessTransport
     from fl_userdp.release_log import log_path
-    from server.runner import Setup, noise_multiplier, run_mode
+    from fl_userdp.server.runner import Setup, noise_multiplier, run_mode
 
     out, mode = Path(cfg.out), cfg.privacy.mode
     out.mkdir(parents=True, exist_ok=True)

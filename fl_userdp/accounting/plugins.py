@@ -11,7 +11,7 @@ before anything starts, naming `privacy.accountant`.
 
 The built-in backends (`pld`, `rdp`, `group`) are `UserLevelAccountant`s.
 Shipped plug-ins: `fl_userdp.accounting.prv:PrvAccountant` (the PRV
-accountant, ULS) and `server.flower_accountant:FlowerRdpAccountant` (Flower's
+accountant, ULS) and `fl_userdp.server.flower_accountant:FlowerRdpAccountant` (Flower's
 own `RdpAccountant`, ULS). Pure: nothing here imports torch or flwr; a plug-in
 module is imported when a run starts.
 """

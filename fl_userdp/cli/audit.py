@@ -2,7 +2,7 @@
 
 Default: the mechanism-level audit (`fl_userdp.audit`: its own sampling and
 release; checks noise and accountant). `--pipeline`: canary users through
-the real round loop (`server.audit`: strategy, node code, validation, noise,
+the real round loop (`fl_userdp.server.audit`: strategy, node code, validation, noise,
 ledger), which also catches bugs in sampling, clipping and validation.
 Exit status 3 when the audit flags the run.
 """
@@ -63,7 +63,7 @@ def audit_cmd(a: argparse.Namespace) -> int:
 
 
 def _pipeline(a: argparse.Namespace) -> int:
-    from server.audit import PipelineAuditConfig, run_pipeline_audit
+    from fl_userdp.server.audit import PipelineAuditConfig, run_pipeline_audit
 
     from ..errors import ConfigError
 

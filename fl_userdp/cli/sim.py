@@ -58,7 +58,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from server.runner import check_fresh, check_resume, logged_sigma, prepare
+    from fl_userdp.server.runner import check_fresh, check_resume, logged_sigma, prepare
 
     from .. import report
     from ..api import simulate

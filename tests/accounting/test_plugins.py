@@ -10,10 +10,10 @@ from fl_userdp.accounting.prv import PrvAccountant
 from fl_userdp.cli import main
 from fl_userdp import report
 from fl_userdp.errors import ConfigError
-from server.flower_accountant import FlowerRdpAccountant
+from fl_userdp.server.flower_accountant import FlowerRdpAccountant
 
 PRV = "fl_userdp.accounting.prv:PrvAccountant"
-FLOWER = "server.flower_accountant:FlowerRdpAccountant"
+FLOWER = "fl_userdp.server.flower_accountant:FlowerRdpAccountant"
 
 
 @pytest.mark.parametrize("q,sigma,steps", [(0.01, 1.0, 1000), (0.1, 2.0, 100), (0.001, 0.8, 5000), (0.05, 1.3, 300)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.compute import uls_example_ids, worker_for
+from fl_userdp.clients.compute import uls_example_ids, worker_for
 from fl_userdp.config import parse_config
 
 FLAT = {"data.num-users": 24, "data.heldout-users": 2, "privacy.sampling-rate": 0.5, "privacy.noise-multiplier": 1.0,
@@ -22,9 +22,9 @@ def test_uls_examples_are_at_most_k_and_deterministic():
 @pytest.mark.parametrize("mode", ["uls", "els"])
 def test_one_user_per_node_equals_many_users_per_node(mode):
     """Sharding changes speed, nothing else: same sampled users, same pre-noise aggregate."""
-    from server.inprocess import InProcessTransport
-    from server.runner import prepare
-    from server.strategy import UserDPStrategy
+    from fl_userdp.server.inprocess import InProcessTransport
+    from fl_userdp.server.runner import prepare
+    from fl_userdp.server.strategy import UserDPStrategy
 
     aggregates = []
     for upn in (1, 5, 24):
@@ -63,9 +63,9 @@ LINEAR = {"model.name": "linear", "model.dim": 8, "data.num-users": 60, "data.he
 def test_linear_one_user_per_node_equals_many_users_per_node(mode):
     """Linear task, real node code (vectorised within a node): users-per-node 1 / 7 / all give the same
     sampled users, the same pre-noise aggregate and counts — and ULS equals the one-user-at-a-time loop."""
-    from server.inprocess import InProcessTransport
-    from server.runner import prepare
-    from server.strategy import UserDPStrategy
+    from fl_userdp.server.inprocess import InProcessTransport
+    from fl_userdp.server.runner import prepare
+    from fl_userdp.server.strategy import UserDPStrategy
 
     runs = []
     for upn in (1, 7, 60):
@@ -90,7 +90,7 @@ def test_linear_one_user_per_node_equals_many_users_per_node(mode):
 
 
 def test_linear_corpus_is_lazy_and_deterministic_and_local_steps_match_the_gradient():
-    from clients.compute import LinearWorker, linear_example_ids
+    from fl_userdp.clients.compute import LinearWorker, linear_example_ids
     from fl_userdp.data import LinearCorpus, load_corpus
 
     cfg = parse_config({**LINEAR, "data.num-users": 100_000})
@@ -117,7 +117,7 @@ def test_linear_corpus_is_lazy_and_deterministic_and_local_steps_match_the_gradi
 
 
 def test_fast_owner_hash_order_is_lexsort_including_the_colliding_case():
-    from clients.compute import order_by_owner_then_hash
+    from fl_userdp.clients.compute import order_by_owner_then_hash
 
     rng = np.random.default_rng(3)
     owner = np.sort(rng.integers(0, 5000, 40_000))
@@ -129,7 +129,7 @@ def test_fast_owner_hash_order_is_lexsort_including_the_colliding_case():
 
 
 def test_vectorised_linear_choice_is_each_users_own_choice():
-    from clients.compute import linear_choice, linear_example_ids
+    from fl_userdp.clients.compute import linear_choice, linear_example_ids
 
     counts = np.random.default_rng(4).integers(1, 40, 3000)
     users = np.sort(np.random.default_rng(5).choice(3000, 700, replace=False))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.compute import LinearWorker
+from fl_userdp.clients.compute import LinearWorker
 from fl_userdp.clipping import clip_factors, clip_rows
 from fl_userdp.config import parse_config
 from fl_userdp.local import updates

@@ -60,7 +60,7 @@ def test_bf16_autocast_keeps_float32_gradients_and_clips_at_the_bound(device, ex
 
 def test_the_nodes_pass_autocast_through_and_sum_in_float64():
     """A node's contribution under model.autocast=bf16 differs (a little) from float32's, in both modes."""
-    from clients.compute import worker_for
+    from fl_userdp.clients.compute import worker_for
 
     flat = {"data.num-users": 40, "privacy.clip-norm": 0.05}
     cfg32, cfg16 = parse_config(flat), parse_config({**flat, "model.autocast": "bf16"})

@@ -14,8 +14,8 @@ from fl_userdp.adaptive_clip import effective_noise_multiplier, next_clip_norm, 
 from fl_userdp.config import parse_config
 from fl_userdp.errors import ConfigError
 from fl_userdp.release_log import log_path, read_log
-from server.runner import Setup, noise_multiplier, run_mode
-from server.strategy import NodeReply, UserDPStrategy
+from fl_userdp.server.runner import Setup, noise_multiplier, run_mode
+from fl_userdp.server.strategy import NodeReply, UserDPStrategy
 
 DIM = 12
 

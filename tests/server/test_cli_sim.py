@@ -51,14 +51,14 @@ def test_flwr_run_config_is_the_schema():
     """[tool.flwr.app.config] holds every schema key (nested tables = dotted keys) and parses to the defaults."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     app = data["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
+    assert app["components"] == {"serverapp": "fl_userdp.server.app:app", "clientapp": "fl_userdp.clients.app:app"}
     flat = flatten_toml(app["config"])
     assert set(flat) == set(SCHEMA)
     assert parse_config(flat) == parse_config({})
 
 
 def test_failure_policy_stop_exits_4_and_resumes(tmp_path, capsys, monkeypatch):
-    from server import inprocess
+    from fl_userdp.server import inprocess
 
     args = ["run", "--mode", "uls", "--backend", "inprocess", "--no-progress", "--rounds", "6", "--out",
             str(tmp_path), "--set", "model.name=linear", "--set", "data.num-users=40", "--set",

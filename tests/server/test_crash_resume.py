@@ -29,7 +29,7 @@ from fl_userdp import report
 from fl_userdp.accounting import UserLevelAccountant, make_event
 from fl_userdp.cli import main
 from fl_userdp.release_log import log_path, read_log
-from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 10
@@ -53,7 +53,7 @@ if where == "after-log":      # the release is durable; nothing else has seen it
             os.kill(os.getpid(), signal.SIGKILL)
     release_log.ReleaseLog.append = dying
 else:                         # mid-round: the nodes were asked, nothing released
-    from server import inprocess
+    from fl_userdp.server import inprocess
     call = inprocess.InProcessTransport.__call__
     def dying(self, requests, weights):
         if any(r.round == kill_at for r in requests.values()):

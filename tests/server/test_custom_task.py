@@ -26,7 +26,7 @@ def at_root(monkeypatch):
 def test_compare_inprocess_runs_both_modes_and_moves_the_weights(tmp_path):
     from fl_userdp.config import parse_config
     from fl_userdp.local.task import load_task
-    from server.runner import prepare
+    from fl_userdp.server.runner import prepare
 
     cfg = fl_userdp.api.as_config({**SMALL, "out": str(tmp_path / "run")})
     init = prepare(cfg, ["uls", "els"]).init_weights

@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fl_userdp.accounting import epsilon_for, make_event
 from fl_userdp.errors import ConfigError
-from server.dropin import UserDPFedAvg
+from fl_userdp.server.dropin import UserDPFedAvg
 
 # ---- the quickstart-style app of experiments/dropin (it knows nothing of fl-userdp) ------------------------
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "dropin"))

@@ -58,7 +58,7 @@ def test_flower_and_in_process_with_other_sharding_publish_the_same_bits(compare
     """Backend and `sim.users-per-node` are speed only: the same seeded weights, bit for bit."""
     import numpy as np
 
-    from server.checkpoint import checkpoint_path, load_checkpoint
+    from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
     rc, out, _ = compare_run
     other = tmp_path / "inprocess"

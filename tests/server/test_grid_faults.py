@@ -1,7 +1,7 @@
 """Client faults through the real Flower message path, without Ray.
 
-`FakeGrid` stands in for the simulation engine: it runs the real ClientApp (`clients.app.app`) on
-each real `flwr.app.Message` that `server.app.GridTransport` builds, and, like Flower's engine
+`FakeGrid` stands in for the simulation engine: it runs the real ClientApp (`fl_userdp.clients.app.app`) on
+each real `flwr.app.Message` that `fl_userdp.server.app.GridTransport` builds, and, like Flower's engine
 (`vce_api.worker`), turns an exception raised inside the ClientApp into an error reply
 (`ErrorCode.CLIENT_APP_RAISED_EXCEPTION`). Out of 10 nodes, one node's ClientApp raises (its
 partition id does not host the users it is asked for, so `_shard_check` raises), one answers with
@@ -17,14 +17,14 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.app import app as client_app
+from fl_userdp.clients.app import app as client_app
 from fl_userdp.accounting import UserLevelAccountant
 from fl_userdp.config import parse_config
 from fl_userdp.noise import release_rng
-from server.app import GridTransport
-from server.inprocess import InProcessTransport
-from server.runner import prepare
-from server.strategy import NodeFailure, NodeReply, UserDPStrategy
+from fl_userdp.server.app import GridTransport
+from fl_userdp.server.inprocess import InProcessTransport
+from fl_userdp.server.runner import prepare
+from fl_userdp.server.strategy import NodeFailure, NodeReply, UserDPStrategy
 
 NODES = 10
 RAISES, MALFORMED, SILENT = 3, 5, 8  # partitions

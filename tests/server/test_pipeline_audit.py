@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fl_userdp.cli import main
-from server.audit import PipelineAuditConfig, run_pipeline_audit
+from fl_userdp.server.audit import PipelineAuditConfig, run_pipeline_audit
 
 
 @pytest.mark.parametrize("mode", ["uls", "els"])

@@ -11,8 +11,8 @@ import numpy as np
 
 from fl_userdp.config import parse_config
 from fl_userdp.release_log import log_path
-from server import inprocess
-from server.checkpoint import checkpoint_path, load_checkpoint
+from fl_userdp.server import inprocess
+from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
 DIM = 10_000
 

@@ -15,7 +15,7 @@ from scipy import stats
 from fl_userdp.config import parse_config
 from fl_userdp.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
 from fl_userdp.sampling import poisson_users
-from server.strategy import NodeReply, UserDPStrategy
+from fl_userdp.server.strategy import NodeReply, UserDPStrategy
 
 SHAPES = [(200, 100), (5000,)]
 D = 25_000

@@ -8,8 +8,8 @@ import pytest
 
 from fl_userdp.config import parse_config
 from fl_userdp.fixed_point import grid_sum, grid_unit, on_grid, record_clip_norm, scaled_grid_sum, to_grid
-from server import inprocess
-from server.checkpoint import checkpoint_path, load_checkpoint
+from fl_userdp.server import inprocess
+from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
 
 def published(out, mode: str) -> np.ndarray:

@@ -8,9 +8,9 @@ from fl_userdp.config import parse_config
 from fl_userdp.errors import ConfigError
 from fl_userdp.noise import release_rng
 from fl_userdp.rng import rng_for
-from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from server.runner import Setup, run_mode
-from server.strategy import NodeFailure, NodeReply, UserDPStrategy
+from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from fl_userdp.server.runner import Setup, run_mode
+from fl_userdp.server.strategy import NodeFailure, NodeReply, UserDPStrategy
 
 SHAPES = [(3, 4), (5,)]
 DIM = 17

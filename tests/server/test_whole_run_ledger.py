@@ -15,8 +15,8 @@ from scipy import stats
 
 from fl_userdp.config import parse_config
 from fl_userdp.release_log import log_path, read_log
-from server import inprocess
-from server.strategy import UserDPStrategy
+from fl_userdp.server import inprocess
+from fl_userdp.server.strategy import UserDPStrategy
 
 ROUNDS, Q, K, DELTA = 2, 0.2, 3, 1e-5
 
