@@ -95,7 +95,10 @@ def test_poisson_cohorts_ledger_and_budget_stop():
     res = start(b, grid, 6)
     assert len(b.history) == 2 and b.epsilon == pytest.approx(e2) and "stopped after round 2" in b.stop_reason
     assert len(grid.sent) == sum(r["nodes_sampled"] for r in b.history)
-    assert res.train_metrics_clientapp[6]["released"] == 0
+    # the run ended there: the Result holds the two released rounds and their weights, nothing after
+    assert sorted(res.train_metrics_clientapp) == [1, 2]
+    assert res.train_metrics_clientapp[2]["epsilon"] == pytest.approx(e2)
+    assert res.arrays is not None and np.any(res.arrays.to_numpy_ndarrays()[0] != 0)
 
 
 def test_noise_is_full_scale_and_the_denominator_is_the_expected_count():
@@ -153,3 +156,102 @@ def test_one_reply_per_sampled_node():
     b = start(twice, EchoTwice(), 1).arrays.to_numpy_ndarrays()[0]
     np.testing.assert_array_equal(a, b)
     assert twice.history[0]["nodes_replied"] == len(twice.requested)
+
+
+# ---- real models: arrays that are not weights, rejected rounds, what is logged ------------------------------
+def bn_app():
+    """A quickstart-style app whose model has a BatchNorm: its replies carry num_batches_tracked (int64)."""
+    from flwr.app import Array, MetricRecord
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        rec = msg.content["arrays"]
+        x, y = local_data(int(context.node_config["partition-id"]))
+        w = rec["w"].numpy()
+        new = w - 0.1 * x.T @ (x @ w - y) / len(y)
+        out = ArrayRecord({"w": Array(new), "bn.running_mean": Array(rec["bn.running_mean"].numpy() + x.mean(0)),
+                           "bn.num_batches_tracked": Array(np.asarray(rec["bn.num_batches_tracked"].numpy() + 1))})
+        return Message(RecordDict({"arrays": out, "metrics": MetricRecord({"num-examples": len(y)})}),
+                       reply_to=msg)
+
+    return app
+
+
+def record(**arrays):
+    from flwr.app import Array
+
+    return ArrayRecord({k.replace("__", "."): Array(np.asarray(v)) for k, v in arrays.items()})
+
+
+def bn_arrays():
+    return record(w=np.zeros(DIM), bn__running_mean=np.zeros(DIM), bn__num_batches_tracked=np.array(0, np.int64))
+
+
+def test_batchnorm_state_is_refused_before_round_one_or_kept_out_of_the_release(monkeypatch):
+    s = UserDPFedAvg(sampling_rate=0.5, noise_multiplier=0.5, clipping_norm=1.0, delta=1e-5, seed=0)
+    grid = Grid()
+    with pytest.raises(ConfigError) as err:
+        s.start(grid, bn_arrays(), num_rounds=2)
+    msg = str(err.value)
+    assert "bn.running_mean" in msg and "GroupNorm" in msg and "frozen=['bn.running_mean']" in msg
+    assert "\n" not in msg and not grid.sent and s.accountant.steps == 0
+    ints = record(w=np.zeros(DIM), bn__num_batches_tracked=np.array(0, np.int64))
+    with pytest.raises(ConfigError, match="bn.num_batches_tracked.*int64"):
+        s.start(grid, ints, num_rounds=2)
+    with pytest.raises(ConfigError, match="frozen"):
+        UserDPFedAvg(sampling_rate=0.5, noise_multiplier=0.5, clipping_norm=1.0, delta=1e-5,
+                     frozen=["no.such"]).start(grid, ints, num_rounds=1)
+    # kept out: sent as at the start every round, the replies' values ignored; the weights train
+    monkeypatch.setattr(sys.modules[__name__], "quickstart", bn_app())
+    k = UserDPFedAvg(sampling_rate=0.5, noise_multiplier=0.5, clipping_norm=1.0, delta=1e-5, seed=0,
+                     frozen=["bn.running_mean", "bn.num_batches_tracked"])
+    res = k.start(Grid(), bn_arrays(), num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
+    assert [r["nodes_replied"] for r in k.history] == [r["nodes_sampled"] for r in k.history]
+    assert res.arrays["bn.num_batches_tracked"].numpy() == 0
+    assert res.arrays["bn.num_batches_tracked"].numpy().dtype == np.int64
+    assert np.all(res.arrays["bn.running_mean"].numpy() == 0) and np.any(res.arrays["w"].numpy() != 0)
+
+
+def test_rounds_whose_replies_are_all_rejected_stop_the_run_with_the_reason(monkeypatch, caplog):
+    from flwr.app import Array, MetricRecord
+    from flwr.clientapp import ClientApp
+
+    bad = ClientApp()
+
+    @bad.train()
+    def train(msg, context):  # answers with the wrong shape: rejected, never applied
+        return Message(RecordDict({"arrays": ArrayRecord([np.zeros(DIM + 1)]),
+                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+    monkeypatch.setattr(sys.modules[__name__], "quickstart", bad)
+    s = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.0, clipping_norm=1.0, delta=1e-5, seed=0,
+                     max_failed_rounds=2)
+    with caplog.at_level("INFO", logger="flwr"):
+        res = start(s, Grid(), 10)
+    assert len(s.history) == 2 and all(r["rejected"] == r["nodes_sampled"] > 0 for r in s.history)
+    assert s.stop_reason.startswith("failures: 2 rounds in a row") and "shape (6,)" in s.stop_reason
+    assert sorted(res.train_metrics_clientapp) == [1, 2]
+    text = caplog.text
+    assert "replies rejected" in text and "failures: 2 rounds in a row" in text and "stopped after 2" in text
+
+
+def test_start_line_labels_and_infinite_epsilon(caplog):
+    s = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=0.0, clipping_norm=0.5, delta=1e-5, seed=0,
+                     max_epsilon=None)
+    with caplog.at_level("INFO", logger="flwr"):
+        res = start(s, Grid(), 1)
+    text = caplog.text
+    for part in ("q=0.1", "noise multiplier 0", "C=0.5", "delta 1e-05", "no budget", "client-side evaluation: off",
+                 "outside it"):
+        assert part in text, part
+    m = res.train_metrics_clientapp[1]
+    assert m["epsilon"] == float("inf") and "epsilon inf" in text
+    assert {k for k in m.keys() if not k.startswith("diagnostics.")} == {
+        "round", "released", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count"}
+    assert m["diagnostics.nodes_sampled"] == s.history[0]["nodes_sampled"]
+    quiet = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.0, clipping_norm=0.5, delta=1e-5, seed=0,
+                         publish_diagnostics=False)
+    assert not any(k.startswith("diagnostics.") for k in start(quiet, Grid(), 1).train_metrics_clientapp[1].keys())
