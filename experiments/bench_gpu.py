@@ -61,11 +61,26 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 3
     return 2.0 * n ** 3 / statistics.median(times)
 
 
+def random_weights_folder(config_json: str) -> str:
+    """An HF folder holding the architecture of `config_json` with random weights (timing only: the FLOPs
+    and memory traffic of a step do not depend on the weights' values)."""
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = tempfile.mkdtemp(prefix="fl-userdp-shape-")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_json))
+    model.save_pretrained(folder)
+    return folder
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_model = str(hf_model_dir()) if hf_model_dir().exists() else "tiny"
-    ap.add_argument("--model", default=default_model, help="an HF folder or 'tiny' (default: the exported "
-                    "SmolLM2 when `fl-userdp assets --export-hf` has run, else tiny)")
+    ap.add_argument("--model", default=default_model, help="an HF folder, 'tiny', or 'shape:CONFIG.json' (that "
+                    "architecture with random weights: the same FLOPs, for a machine without the assets; "
+                    "experiments/gpu/smollm2-135m-config.json is SmolLM2-135M's); default: the exported SmolLM2 "
+                    "when `fl-userdp assets --export-hf` has run, else tiny")
     ap.add_argument("--device", default="auto", help="cpu | cuda[:N] | auto")
     ap.add_argument("--autocast", default="none", choices=["none", "bf16"])
     ap.add_argument("--batch", type=int, default=64)
@@ -79,6 +94,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    label = a.model
+    if a.model.startswith("shape:"):
+        a.model = random_weights_folder(a.model[len("shape:"):])
     targets = "q_proj,v_proj" if a.model != "tiny" else "auto"
     cfg = ModelConfig(name=a.model, seq_len=a.seq_len, lora_rank=a.rank, lora_alpha=2.0 * a.rank,
                       lora_targets=targets, device=a.device, autocast=a.autocast)
@@ -120,7 +138,7 @@ def main(argv=None) -> dict:
     dtype = torch.bfloat16 if cast else next(plain_model.parameters()).dtype
     limit = matmul_flops(device, dtype, a.matmul_n or (8192 if device.type == "cuda" else 1024))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    out = {"device": name, "model": a.model, "autocast": a.autocast, "batch": a.batch, "seq_len": a.seq_len,
+    out = {"device": name, "model": label, "autocast": a.autocast, "batch": a.batch, "seq_len": a.seq_len,
            "trainable": num_trainable(plain_model), "base_params": base_params,
            "matmul_tflops": limit / 1e12, "rows": {}}
     for k in wall:
@@ -131,7 +149,7 @@ def main(argv=None) -> dict:
     if a.json:
         print(json.dumps(out))
         return out
-    print(f"{name}; {a.model} + LoRA r={a.rank} ({out['trainable']:,} trainable, {base_params:,} base weights); "
+    print(f"{name}; {label} + LoRA r={a.rank} ({out['trainable']:,} trainable, {base_params:,} base weights); "
           f"batch {a.batch} x {a.seq_len} tokens; autocast {a.autocast}; ULS {len(users)} users x {a.per_user}; "
           f"medians of {a.reps} reps after {a.warmup} warm-up")
     print(f"device limit: {limit / 1e12:.2f} TFLOP/s ({dtype} matmul, measured)")

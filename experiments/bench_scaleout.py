@@ -1,0 +1,248 @@
+"""Scale-out: a round through Flower on a local Ray vs the in-process backend, and where the round's time goes.
+
+Each configuration runs `fl-userdp run` (the production round loop, `fl_userdp.server.runner.run_mode`) for
+--rounds rounds on both backends, one after the other in this process, and reports the median wall time of
+rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cores allow 2×), and per round:
+
+* the driver's phases (this process): sampling, the transport call (send → last reply), collection and
+  validation, noise and release, the ledger, the release log, the server step — timed by wrapping the
+  strategy's own functions;
+* the nodes: each reply's compute seconds (measured in the node, `seconds` of its reply), their sum and the
+  slowest node, and the actors' idle time = actors × transport time − Σ node seconds (the stragglers and
+  the message overhead together);
+* CPU seconds per process over the run (driver, ClientApp actors, other Ray processes), from /proc.
+
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py                  # the table (tiny LM + LoRA, 1,024 users)
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --nodes 8 --modes els --detail   # + per-phase breakdown
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --linear        # + the linear task at 10^6 users
+
+Run it on a quiet machine (nothing else on the cores): both sides of a ratio are measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+BASE = {"data.num-users": 1024, "sim.num-cpus": 2, "privacy.noise-multiplier": 1.0,
+        "privacy.sampling-rate": 0.25, "train.eval-every": 0}
+LINEAR = {"model.name": "linear", "data.num-users": 1_000_000, "sim.users-per-node": 125_000, "sim.num-cpus": 2,
+          "privacy.noise-multiplier": 1.0, "privacy.sampling-rate": 0.01, "train.eval-every": 0}
+
+
+# -- per-process CPU ---------------------------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                kids[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry))
+    return kids
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) so far: this driver process, its ClientApp actors, its other descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = defaultdict(float)
+    kids, todo, seen = _children(), [os.getpid()], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(kids.get(pid, []))
+    for pid in seen:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            secs = (int(fields[11]) + int(fields[12])) / tick
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            key = "driver" if pid == os.getpid() else "actors" if b"ClientAppActor" in cmd else "other ray"
+            out[key] += secs
+    return dict(out)
+
+
+# -- driver phases ------------------------------------------------------------------------------------------
+class Phases:
+    """Wraps the strategy's steps with timers (this process only); `rounds` holds one dict per round."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, float]] = []
+        self.nodes: list[list[float]] = []
+        self._cur: dict[str, float] = defaultdict(float)
+        self._node_secs: list[float] = []
+        self._wrapped: set[int] = set()
+        self.cpu: list[dict[str, float]] = []
+
+    def timer(self, name: str, fn):
+        def wrapped(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self._cur[name] += time.perf_counter() - t0
+        return wrapped
+
+    @contextlib.contextmanager
+    def installed(self):
+        from fl_userdp.server import app, inprocess, runner, strategy
+
+        S = strategy.UserDPStrategy
+        saved = [(S, "run_round", S.run_round), (S, "collect", S.collect), (S, "sample", S.sample),
+                 (strategy, "release", strategy.release), (strategy, "release_rng", strategy.release_rng),
+                 (app.GridTransport, "__call__", app.GridTransport.__call__),
+                 (app.GridTransport, "_parse", app.GridTransport._parse),
+                 (inprocess.InProcessTransport, "__call__", inprocess.InProcessTransport.__call__),
+                 (runner, "run_mode", runner.run_mode)]
+        me = self
+
+        def run_round(s, *a, **kw):
+            me._cur, me._node_secs = defaultdict(float), []
+            if id(s) not in me._wrapped:  # once per strategy: its ledger, release log and optimizer
+                me._wrapped.add(id(s))
+                s.accountant.compose = me.timer("ledger", s.accountant.compose)
+                s.accountant.epsilon = me.timer("ledger", s.accountant.epsilon)
+                if s.journal is not None:
+                    s.journal = me.timer("release log", s.journal)
+                s.optimizer.step = me.timer("server step", s.optimizer.step)
+            t0 = time.perf_counter()
+            rec = saved[0][2](s, *a, **kw)
+            me._cur["round"] = time.perf_counter() - t0
+            me.rounds.append(dict(me._cur))
+            me.nodes.append(list(me._node_secs))
+            me.cpu.append(cpu_by_process())  # after the round: per-round CPU per process from the differences
+            return rec
+
+        def parse(rep):
+            with contextlib.suppress(Exception):
+                if not rep.has_error():
+                    me._node_secs.append(float(rep.content["metrics"]["seconds"]))
+            return saved[6][2](rep)
+
+        def inproc_call(t, requests, weights):
+            out = {}
+            for node, req in requests.items():
+                t0 = time.perf_counter()
+                out.update(saved[7][2](t, {node: req}, weights))
+                me._node_secs.append(time.perf_counter() - t0)
+            return out
+
+        S.run_round = run_round
+        S.collect = self.timer("collect + validate", S.collect)
+        S.sample = self.timer("sample (this round's, or the next one's ahead)", S.sample)
+        strategy.release = self.timer("noise + release", strategy.release)
+        strategy.release_rng = self.timer("noise key", strategy.release_rng)
+        app.GridTransport.__call__ = self.timer("transport (send → last reply)", app.GridTransport.__call__)
+        app.GridTransport._parse = staticmethod(parse)
+        inprocess.InProcessTransport.__call__ = self.timer("transport (send → last reply)", inproc_call)
+        try:
+            yield self
+        finally:
+            for obj, name, fn in saved:
+                setattr(obj, name, staticmethod(fn) if name == "_parse" else fn)
+
+
+# -- one run ------------------------------------------------------------------------------------------------
+def run_once(flat: dict, mode: str, backend: str) -> dict:
+    from fl_userdp.config import parse_config
+    from fl_userdp.server import inprocess, simulate
+
+    out = tempfile.mkdtemp(prefix="fl-userdp-scaleout-")
+    cfg = parse_config({**flat, "privacy.mode": mode, "out": out})
+    t0 = time.perf_counter()
+    with Phases().installed() as ph:
+        if backend == "inprocess":
+            inprocess.run(cfg, [mode])
+        else:
+            simulate.run(cfg, [mode])
+    wall = time.perf_counter() - t0
+    rounds = ph.rounds[2:] or ph.rounds
+    med = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in rounds[0]}
+    node = [n for n in ph.nodes[2:] or ph.nodes]
+    return {"backend": backend, "mode": mode, "round_s": med["round"], "phases": med,
+            "node_sum_s": statistics.median(sum(n) for n in node),
+            "node_max_s": statistics.median(max(n) if n else 0.0 for n in node),
+            "nodes": len(node[0]) if node else 0, "run_s": wall, "cpu": per_round_cpu(ph.cpu[1:])}
+
+
+def per_round_cpu(snapshots: list[dict[str, float]]) -> dict[str, float]:
+    """Median CPU seconds per round per process group, from the snapshots taken after each round (from
+    round 3 on: the first difference spans rounds 2–3)."""
+    keys = {k for s in snapshots for k in s}
+    diffs = [{k: b.get(k, 0.0) - a.get(k, 0.0) for k in keys} for a, b in zip(snapshots, snapshots[1:])]
+    return {k: statistics.median(d[k] for d in diffs) for k in keys} if diffs else {}
+
+
+def actors(flat: dict) -> int:
+    from fl_userdp.config import parse_config
+
+    cfg = parse_config({k: v for k, v in flat.items() if not k.startswith("_")})
+    return max(1, int(cfg.sim.num_cpus // cfg.sim.cpus_per_node))
+
+
+def report(rows: list[dict], flat: dict, detail: bool) -> None:
+    by = {(r["mode"], r["backend"]): r for r in rows}
+    for mode in sorted({r["mode"] for r in rows}):
+        ip, fl = by.get((mode, "inprocess")), by.get((mode, "ray"))
+        if ip and fl:
+            idle = actors(flat) * fl["phases"]["transport (send → last reply)"] - fl["node_sum_s"]
+            print(f"| {flat.get('_label', '')} | {mode} | {fl['nodes']} | {ip['round_s']:.3f} | {fl['round_s']:.3f} | "
+                  f"**{ip['round_s'] / fl['round_s']:.2f}×** | {fl['node_sum_s']:.3f} | {fl['node_max_s']:.3f} | "
+                  f"{idle:.3f} |", flush=True)
+        if detail:
+            for r in (ip, fl):
+                if r is None:
+                    continue
+                print(f"\n  {mode} {r['backend']}: median round {r['round_s']:.3f} s; driver phases (s/round):")
+                for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]):
+                    if k != "round":
+                        print(f"    {k:<48} {v:.4f}")
+                print(f"    {'(rest of the round loop)':<48} "
+                      f"{r['round_s'] - sum(v for k, v in r['phases'].items() if k != 'round'):.4f}")
+                print(f"  nodes per round {r['nodes']}: Σ node compute {r['node_sum_s']:.3f} s, slowest node "
+                      f"{r['node_max_s']:.3f} s")
+                print("  CPU seconds per round (median, rounds 3..): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["cpu"].items()))
+                      + f" (of {os.cpu_count()} cores × {r['round_s']:.3f} s); whole run {r['run_s']:.1f} s wall\n")
+
+
+HEADER = ("| task | mode | nodes | in-process s/round | Flower s/round | ratio | Σ node compute s | slowest node s | "
+          "actor idle s |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", default="4,8,32", help="node counts (users per node = 1,024 / nodes)")
+    ap.add_argument("--modes", default="els,uls")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
+    ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.set)
+    print(f"uptime before: {os.popen('uptime').read().strip()}")
+    print(HEADER, flush=True)
+    for nodes in [int(n) for n in args.nodes.split(",") if n]:
+        flat = {**BASE, "sim.users-per-node": 1024 // nodes, "train.rounds": args.rounds, **extra}
+        rows = []
+        for mode in args.modes.split(","):
+            for backend in ("inprocess", "ray"):
+                rows.append(run_once(flat, mode, backend))
+        report(rows, {**flat, "_label": "tiny LM + LoRA, 1,024 users"}, args.detail)
+    if args.linear:
+        flat = {**LINEAR, "train.rounds": args.rounds, **extra}
+        rows = [run_once(flat, "uls", b) for b in ("inprocess", "ray")]
+        report(rows, {**flat, "_label": "linear, 10⁶ users"}, args.detail)
+        print("  (the linear round through Flower is bound by its message tick: see experiments/README.md)")
+    print(f"uptime after: {os.popen('uptime').read().strip()}")
+
+
+if __name__ == "__main__":
+    main()
