@@ -35,12 +35,22 @@ train; with the default `auto` nothing is wrapped.
 each call only), which covers linear, conv, embedding, normalisation and
 other layers (and functorch for the rest). Layers that mix the examples of a
 batch (BatchNorm) are refused when the task loads (opacus' `ModuleValidator`):
-their per-example gradients would depend on other users' data.
+their per-example gradients would depend on other users' data. So are torch's
+RNN layers (`nn.LSTM`, `nn.GRU`, `nn.RNN`), whose fused kernels opacus cannot
+hook: use `opacus.layers.DPLSTM` / `DPGRU` / `DPRNN` in their place.
 `tests/local/test_task.py` compares them with batch-1 backward passes.
 
+**The probe.** When the task loads, a few rows of the corpus (at most two of
+each of its first users with examples) go through the loss twice: once as
+they are, once with row 0 replaced by another row of the batch. The loss must
+return one value per row, and no row but row 0 may move (beyond a relative
+1e-6): a loss that mixes rows (minus the batch mean, a batch statistic) would
+make per-example clipping bound nothing, and is refused.
+
 Bad input — a module that cannot be imported, a missing attribute, a factory
-that raises or returns something else, a loss of the wrong shape on a probe
-batch — is a one-line `ConfigError` naming `model.name`.
+that raises or returns something else, a loss of the wrong shape on the probe
+batch or one that mixes its rows, layers opacus refuses (its message whole) —
+is a one-line `ConfigError` naming `model.name`.
 """
 from __future__ import annotations
 
@@ -92,6 +102,12 @@ _CACHE: dict[tuple, LoadedTask] = {}
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{err.__class__.__name__}: {text[0][:200]}" if text else err.__class__.__name__
+
+
+def _whole(err: BaseException) -> str:
+    """The whole message of `err` on one line (its advice included)."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__
 
 
 def import_factory(spec: str) -> Callable[[RunConfig], Any]:
@@ -148,22 +164,66 @@ def _lora(cfg: RunConfig, module: nn.Module) -> nn.Module:
                           f"({_one_line(err)})") from None
 
 
-def _probe(spec: str, module: nn.Module, loss, corpus: Any) -> None:
-    """Call the loss on (at most) two rows of the first user with examples: a (b,) tensor or a ConfigError."""
+PROBE_ROWS = 4
+PROBE_RTOL = 1e-6
+
+
+def _probe_rows(spec: str, corpus: Any) -> np.ndarray:
+    """Up to PROBE_ROWS rows, at most two per user, from the first users with examples."""
     counts = np.asarray(corpus.counts)
-    user = int(np.flatnonzero(counts > 0)[0]) if np.any(counts > 0) else None
-    if user is None:
+    users = np.flatnonzero(counts > 0)
+    if users.size == 0:
         raise ConfigError(KEY, spec, "returned a corpus whose users have no examples")
+    parts, taken = [], 0
+    for user in users[:PROBE_ROWS]:
+        n = min(2, int(counts[user]), PROBE_ROWS - taken)
+        if n <= 0:
+            break
+        try:
+            parts.append(np.asarray(corpus.examples_of(int(user), np.arange(n))))
+        except Exception as err:  # noqa: BLE001 - the user's corpus failed: one line
+            raise ConfigError(KEY, spec, f"corpus.examples_of failed on user {int(user)} ({_one_line(err)})") from None
+        taken += n
+    return np.concatenate(parts)
+
+
+def _losses(spec: str, module: nn.Module, loss, rows: np.ndarray) -> torch.Tensor:
+    """The task's losses of `rows` (no gradients, torch's generator fixed), checked to be a (b,) tensor."""
     try:
-        rows = np.asarray(corpus.examples_of(user, np.arange(min(2, int(counts[user])))))
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a loss that draws random numbers draws the same ones on every probe call
             out = loss(module, as_batch(module, rows))
-    except Exception as err:  # noqa: BLE001 - the user's loss or corpus failed: one line
-        raise ConfigError(KEY, spec, f"task failed on a probe batch of user {user}'s rows ({_one_line(err)})") from None
+    except Exception as err:  # noqa: BLE001 - the user's loss failed: one line
+        raise ConfigError(KEY, spec, f"task failed on a probe batch of {len(rows)} rows ({_one_line(err)})") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(rows),):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise ConfigError(KEY, spec, f"loss(module, batch) must return a ({len(rows)},) tensor for a batch of "
-                          f"{len(rows)} rows (one loss per example), got {got}")
+                          f"{len(rows)} rows (one loss per example) but returned {got}")
+    return out.detach().double().cpu()
+
+
+def _check_rows_independent(spec: str, module: nn.Module, loss, rows: np.ndarray, base: torch.Tensor) -> None:
+    """Replace row 0 by the row whose loss differs most from it; every other row's loss must stay put."""
+    if len(rows) < 2:
+        return
+    other = 1 + int(torch.argmax((base[1:] - base[0]).abs()))
+    changed = rows.copy()
+    changed[0] = rows[other]
+    moved = (_losses(spec, module, loss, changed) - base)[1:].abs()
+    tol = PROBE_RTOL * torch.clamp(base[1:].abs(), min=1.0)
+    if bool(torch.any(moved > tol)):
+        i = 1 + int(torch.argmax(moved - tol))
+        raise ConfigError(KEY, spec, f"has a loss in which row {i}'s loss depends on other rows of the batch (it "
+                          f"moved by {float(moved[i - 1]):.3g} when only row 0 changed), so per-example clipping "
+                          "bounds nothing; row i's loss must depend on row i only (no batch mean or other batch "
+                          "statistic in the loss, no BatchNorm in train mode)")
+
+
+def _probe(spec: str, module: nn.Module, loss, corpus: Any) -> None:
+    """A few rows of the corpus through the loss: one loss per row, and each row's loss its own."""
+    rows = _probe_rows(spec, corpus)
+    base = _losses(spec, module, loss, rows)
+    _check_rows_independent(spec, module, loss, rows, base)
 
 
 def load_task(cfg: RunConfig) -> LoadedTask:
@@ -202,12 +262,25 @@ def load_task(cfg: RunConfig) -> LoadedTask:
     return LoadedTask(spec, module, loss, corpus, get_trainable(module))
 
 
+DP_LAYERS = {"GRU": "DPGRU", "LSTM": "DPLSTM", "RNN": "DPRNN"}
+
+
+def _rnn_hint(module: nn.Module) -> str:
+    """Which opacus.layers class replaces each torch RNN layer of `module` ('' when it has none)."""
+    names = sorted({type(m).__name__ for m in module.modules()
+                    if isinstance(m, nn.RNNBase) and type(m).__name__ in DP_LAYERS and type(m).__module__.startswith("torch.")})
+    swaps = ", ".join(f"opacus.layers.{DP_LAYERS[n]} for nn.{n}" for n in names)
+    return f"; use {swaps} (same arguments)" if swaps else ""
+
+
 def _check_layers(spec: str, module: nn.Module) -> None:
+    """opacus' ModuleValidator: layers without private per-example gradients are refused, its messages whole."""
     from opacus.validators import ModuleValidator
 
     errors = ModuleValidator.validate(module, strict=False)
     if errors:
-        raise ConfigError(KEY, spec, f"has layers without private per-example gradients ({_one_line(errors[0])})")
+        raise ConfigError(KEY, spec, "has layers without private per-example gradients ("
+                          + "; ".join(_whole(e) for e in errors) + _rnn_hint(module) + ")")
 
 
 def cached_task(cfg: RunConfig) -> LoadedTask:

@@ -141,8 +141,61 @@ def mean_loss_task(cfg):
     return task
 
 
-@pytest.mark.parametrize("factory,needle", [("batchnorm_task", "BatchNorm"), ("mean_loss_task", "must return a (2,)")])
+def minus_batch_mean_task(cfg):
+    from experiments.custom_task.tabular import make_task
+
+    task = make_task(cfg)
+    inner = task.loss
+    task.loss = lambda module, batch: inner(module, batch) - inner(module, batch).mean()  # (b,), but mixes rows
+    return task
+
+
+def gru_task(cfg):
+    from experiments.custom_task.tabular import make_task
+
+    task = make_task(cfg)
+    task.module.rnn = torch.nn.GRU(4, 4)  # fused kernels: no opacus hooks
+    return task
+
+
+def dp_gru_task(cfg):
+    from opacus.layers import DPGRU
+
+    from experiments.custom_task.tabular import make_task
+
+    task = make_task(cfg)
+    task.module.rnn = DPGRU(4, 4)  # opacus' replacement: accepted (unused by the loss here)
+    return task
+
+
+def random_loss_task(cfg):
+    from experiments.custom_task.tabular import make_task
+
+    task = make_task(cfg)
+    inner = task.loss
+    task.loss = lambda module, batch: inner(module, batch) + 1e-3 * torch.rand(batch.shape[0])  # per-row noise
+    return task
+
+
+@pytest.mark.parametrize("factory,needle", [
+    ("batchnorm_task", "BatchNorm"),
+    ("mean_loss_task", "must return a (4,) tensor for a batch of 4 rows (one loss per example) but returned shape ()"),
+    ("minus_batch_mean_task", "loss depends on other rows of the batch"),
+    ("gru_task", "Please run the recommended replacement!; use opacus.layers.DPGRU for nn.GRU"),
+])
 def test_tasks_without_per_example_losses_are_refused(task, factory, needle):
     with pytest.raises(ConfigError) as err:
         load_task(parse_config({**BASE, "model.name": f"{__name__}:{factory}"}))
     assert err.value.key == "model.name" and needle in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).count("got") == 1  # ConfigError's own ", got <value>" only
+
+
+def test_opacus_refusals_are_shown_whole(task):
+    with pytest.raises(ConfigError) as err:
+        load_task(parse_config({**BASE, "model.name": f"{__name__}:batchnorm_task"}))
+    assert "pretrained on ImageNet" in str(err.value)  # the end of opacus' advice, far beyond 200 characters
+
+
+@pytest.mark.parametrize("factory", ["dp_gru_task", "random_loss_task"])
+def test_row_independent_tasks_pass_the_probe(task, factory):
+    assert load_task(parse_config({**BASE, "model.name": f"{__name__}:{factory}"})).module is not None
