@@ -158,7 +158,7 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
     records = [r for run in runs.values() for r in run.records]
     stops = [f"{run.mode}: {run.stop_reason}" for run in runs.values() if run.stop_reason]
     base = {"seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": {m: r.noise_multiplier for m, r in runs.items()},
-            "stop_reasons": stops}
+            "stop_reasons": stops, "data": report.data_entry(getattr(setup, "data", None), publish)}
     if "els" in runs:  # q·Σ min(n_u, k): public by assumption, as ELS's expected count
         base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum())
     summary = report.summarize(records, {**base, **dict(extra or {})}, publish, secure_mode(cfg))

@@ -178,6 +178,23 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
             **(extra or {})}
 
 
+def data_entry(data: dict[str, Any] | None, publish_diagnostics: bool = True) -> dict[str, Any] | None:
+    """The summary's "data" (`fl_userdp.data.inventory.data_report`): source, users, the data.num-users cap;
+    what loading dropped (counted from the users' files, no noise) under "diagnostics", or left out."""
+    if data is None:
+        return None
+    entry = {k: v for k, v in data.items() if k != "dropped"}
+    if publish_diagnostics and data.get("dropped") is not None:
+        entry[DIAGNOSTICS] = {"dropped": data["dropped"]}
+    return entry
+
+
+def _data_markdown(entry: dict[str, Any]) -> str:
+    from .data.inventory import data_line
+
+    return data_line({**entry, "dropped": (entry.get(DIAGNOSTICS) or {}).get("dropped")})
+
+
 def _mean(values: Iterable[Any]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -195,6 +212,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for key in ("command", "commit", "seed", "epsilon_all_modes", "stop_reasons"):
         if summary.get(key) not in (None, [], ""):
             lines.append(f"- {key}: {summary[key]}")
+    if summary.get("data"):
+        lines.append(f"- {_data_markdown(summary['data'])}")
     lines += ["", "## Release (covered by the DP guarantee)", "",
               "| mode | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for mode, row in summary["modes"].items():

@@ -38,6 +38,7 @@ class Setup:
     counts: np.ndarray
     init_weights: list[np.ndarray]
     sigmas: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] | None = None  # fl_userdp.data.inventory.data_report: what loading kept and dropped
 
 
 def noise_multiplier(cfg: RunConfig, expected: float | None = None) -> float:
@@ -87,7 +88,9 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False
         corpus = load_corpus(cfg.data, cfg.model, cfg.seed)
         init = [np.zeros(cfg.model.dim)] if cfg.model.name == "linear" \
             else get_trainable(build_model(cfg.model, cfg.seed))
-    setup = Setup(np.asarray(corpus.counts, np.int64), init)
+    from fl_userdp.data.inventory import data_report
+
+    setup = Setup(np.asarray(corpus.counts, np.int64), init, data=data_report(corpus, cfg.data))
     for mode in modes or [cfg.privacy.mode]:
         logged = logged_sigma(cfg.out, mode) if resume else None
         mcfg = with_mode(cfg, mode)

@@ -113,8 +113,15 @@ def _row_len(cfg) -> int | None:
 
 
 def _corpus(cfg):
+    """The corpus a run of `cfg` trains on: your own task's (its factory's corpus, when it has one) or the
+    config's data source."""
+    from ..config import is_task_spec
     from ..data import load_corpus
 
+    if is_task_spec(cfg.model.name):
+        from ..local.task import cached_task
+
+        return cached_task(cfg).corpus
     return load_corpus(cfg.data, cfg.model, cfg.seed)
 
 
@@ -131,17 +138,25 @@ def configure_data_stats(p: argparse.ArgumentParser) -> None:
 
 
 def data_stats_cmd(a: argparse.Namespace) -> int:
+    from ..data.inventory import data_report, dropped_text
+
     cfg = _run_config(a)
     c, seq_len = _corpus(cfg), _row_len(cfg)
+    counts = np.asarray(c.counts, dtype=np.int64)
+    held = np.asarray(getattr(c, "heldout_counts", []), dtype=np.int64)
+    used = data_report(c, cfg.data)
     payload = {"source": cfg.data.source, "seq_len": seq_len, "vocab_size": getattr(c, "vocab_size", None),
-               "training_users": int(c.num_users), "heldout_users": int(c.heldout_counts.size),
-               "available_users": int(getattr(c, "available_users", c.num_users + c.heldout_counts.size)),
-               "examples": int(c.counts.sum()), "heldout_examples": int(c.heldout_counts.sum()),
-               "examples_per_user": _quantiles(c.counts), "mean_examples_per_user": float(c.counts.mean())}
+               "training_users": int(c.num_users), "heldout_users": int(held.size),
+               "available_users": int(getattr(c, "available_users", c.num_users + held.size)),
+               "examples": int(counts.sum()), "heldout_examples": int(held.sum()),
+               "examples_per_user": _quantiles(counts), "mean_examples_per_user": float(counts.mean()),
+               "dropped": used["dropped"], "num_users_capped": used["num_users_capped"]}
     unit = f"rows of {seq_len} tokens, model.seq-len" if seq_len else "feature rows (linear task)"
+    notes = [t for t in (dropped_text(used["dropped"]), used["num_users_capped"]) if t]
     text = (f"source {cfg.data.source}: {payload['available_users']} users with text -> "
             f"{payload['training_users']} training, {payload['heldout_users']} held-out\n"
-            f"examples ({unit}): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
+            + "".join(f"{note}\n" for note in notes)
+            + f"examples ({unit}): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
             "examples per user: " + " ".join(f"{k}={v:g}" for k, v in payload["examples_per_user"].items())
             + f" mean={payload['mean_examples_per_user']:.3g}")
     emit(payload, a.json, text)

@@ -62,6 +62,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
 
     from .. import report
     from ..api import simulate
+    from ..data.inventory import data_line
 
     console, t0 = Console(stderr=True), time.perf_counter()
     out = Path(cfg.out)
@@ -79,6 +80,9 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
                   f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}"
                   + (f", expected examples/step {per_step:.1f}" if "els" in modes else ""))
     publish = cfg.privacy.publish_diagnostics
+    if setup.data is not None:  # what loading dropped is a diagnostic (counted from the files, no noise)
+        console.print(f"  {data_line(setup.data if publish else {**setup.data, 'dropped': None})}", soft_wrap=True,
+                      markup=False)
     for mode, sigma in setup.sigmas.items():
         logged = logged_sigma(out, mode) if a.resume else None
         target = " (the resumed run's)" if logged is not None else "" if cfg.privacy.noise_multiplier is not None \

@@ -11,7 +11,10 @@ Formats (chosen by `read_users(path, user_column, text_column)` from the path):
 * a folder saved with `datasets`' `save_to_disk` (needs `pip install datasets`);
   a `DatasetDict` uses its "train" split (or its only split).
 
-User ids are turned into strings; rows with an empty text are skipped. Every
+User ids are turned into strings. Rows with a null or empty (blank) user id
+or text are left out, and so are users with no text left; the returned
+`UserTexts` (a dict) records them in `.dropped` (`inventory.Dropped`: rows by
+reason, users), which the run and `fl-userdp data-stats` report. Every
 problem (unreadable file, missing column, no users) raises `ConfigError`
 keyed `data.source` or `data.user-column` / `data.text-column`, naming the file.
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
+from .inventory import NO_TEXT, NO_USER, Dropped
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
               ".pq": "parquet", ".json": "leaf"}
@@ -37,17 +42,36 @@ def _missing(path: Path, key: str, column: str, available: Iterable[str]) -> Con
     return ConfigError(key, column, f"is not a column of {path} (columns: {', '.join(avail[:20]) or 'none'})")
 
 
-def _group(path: Path, pairs: Iterable[tuple[Any, Any]]) -> dict[str, list[str]]:
+class UserTexts(dict):
+    """{user: [text, ...]}, with what reading left out in `.dropped`."""
+
+    def __init__(self, users: dict[str, list[str]], dropped: Dropped) -> None:
+        super().__init__(users)
+        self.dropped = dropped
+
+
+def _blank(value: Any) -> bool:
+    """None, NaN (a missing cell read as a float) or a string of whitespace."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+def _group(path: Path, pairs: Iterable[tuple[Any, Any]]) -> UserTexts:
     users: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    dropped = Dropped()
     for user, text in pairs:
-        if user is None or text is None:
+        if _blank(user):
+            dropped.add_row(NO_USER)
             continue
-        text = str(text)
-        if text.strip():
-            users.setdefault(str(user), []).append(text)
+        seen.add(str(user))
+        if _blank(text):
+            dropped.add_row(NO_TEXT)
+            continue
+        users.setdefault(str(user), []).append(str(text))
+    dropped.users = len(seen - users.keys())
     if not users:
         raise _bad(path, "holds no users with text (empty file or empty text column)")
-    return users
+    return UserTexts(users, dropped)
 
 
 def _check_columns(path: Path, columns: Iterable[str], user_column: str, text_column: str) -> None:
@@ -58,7 +82,7 @@ def _check_columns(path: Path, columns: Iterable[str], user_column: str, text_co
         raise _missing(path, "data.text-column", text_column, cols)
 
 
-def read_jsonl(path: Path, user_column: str, text_column: str) -> dict[str, list[str]]:
+def read_jsonl(path: Path, user_column: str, text_column: str) -> UserTexts:
     rows: list[dict] = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -81,7 +105,7 @@ def read_jsonl(path: Path, user_column: str, text_column: str) -> dict[str, list
     return _group(path, ((r[user_column], r[text_column]) for r in rows))
 
 
-def read_csv(path: Path, user_column: str, text_column: str) -> dict[str, list[str]]:
+def read_csv(path: Path, user_column: str, text_column: str) -> UserTexts:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
@@ -94,7 +118,7 @@ def read_csv(path: Path, user_column: str, text_column: str) -> dict[str, list[s
     return _group(path, rows)
 
 
-def read_parquet(path: Path, user_column: str, text_column: str) -> dict[str, list[str]]:
+def read_parquet(path: Path, user_column: str, text_column: str) -> UserTexts:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -110,15 +134,17 @@ def read_parquet(path: Path, user_column: str, text_column: str) -> dict[str, li
     return _group(path, zip(table.column(user_column).to_pylist(), table.column(text_column).to_pylist()))
 
 
-def _leaf_text(x: Any) -> str:
+def _leaf_text(x: Any) -> str | None:
+    if x is None:
+        return None
     if isinstance(x, str):
         return x
     if isinstance(x, (list, tuple)):
-        return " ".join(_leaf_text(v) for v in x)
+        return " ".join(t for t in (_leaf_text(v) for v in x) if t is not None)
     return str(x)
 
 
-def read_leaf(path: Path) -> dict[str, list[str]]:
+def read_leaf(path: Path) -> UserTexts:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -138,7 +164,7 @@ def read_leaf(path: Path) -> dict[str, list[str]]:
     return _group(path, pairs)
 
 
-def read_hf_folder(path: Path, user_column: str, text_column: str) -> dict[str, list[str]]:
+def read_hf_folder(path: Path, user_column: str, text_column: str) -> UserTexts:
     try:
         import datasets
     except ImportError:
@@ -162,7 +188,7 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
-def read_users(path: str | Path, user_column: str = "user", text_column: str = "text") -> dict[str, list[str]]:
+def read_users(path: str | Path, user_column: str = "user", text_column: str = "text") -> UserTexts:
     """{user: [text, ...]} of a user-partitioned file or `datasets` folder (see the module docstring)."""
     p = Path(path)
     if not p.exists():

@@ -35,6 +35,7 @@ from ..config import DataConfig, ModelConfig, is_task_spec
 from ..errors import ConfigError
 from ..rng import rng_for
 from .base import UserCorpus
+from .inventory import Dropped
 
 
 class Tokenizer(Protocol):
@@ -132,6 +133,8 @@ class TextCorpus(UserCorpus):
     def __init__(self, users: Mapping[str, Sequence[str]], tokenizer: Tokenizer, seq_len: int,
                  num_users: int, heldout_users: int, seed: int, source: str = "<memory>") -> None:
         names = [u for u, texts in users.items() if any(t.strip() for t in texts)]
+        read = getattr(users, "dropped", None) or Dropped()
+        self.dropped = Dropped(dict(read.reasons), read.users + len(users) - len(names))
         if not names:
             raise ConfigError("data.source", source, "has no users with text (the corpus is empty)")
         if heldout_users >= len(names):
@@ -141,6 +144,7 @@ class TextCorpus(UserCorpus):
         order = rng.permutation(len(names))
         held = sorted(order[:heldout_users].tolist())
         rest = sorted(order[heldout_users:].tolist())
+        self.trainable_users = len(rest)
         if num_users < len(rest):
             rest = sorted(rng.choice(rest, size=num_users, replace=False).tolist())
         self.source = source
