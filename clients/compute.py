@@ -39,6 +39,7 @@ from fl_userdp.config import RunConfig, is_task_spec, parse_config
 from fl_userdp.rng import rng_for
 
 _WORKERS: dict[tuple, "Worker"] = {}
+ROW_CACHE_BYTES = 256 << 20  # per process: generated (synthetic) users' rows kept after their first use
 _CONFIGS: dict[tuple, RunConfig] = {}
 
 
@@ -96,6 +97,22 @@ class Worker:
         # Packed text corpora pad each user's last row with EOS: leave those targets out of every loss.
         self.pad_id = getattr(self.corpus, "eos_id", None) if hasattr(self.corpus, "pad_mask") else None
         self._heldout: dict[int, np.ndarray] = {}
+        from fl_userdp.data.synthetic_text import SyntheticTextCorpus
+
+        # a synthetic user's rows are generated on every call (~0.5 ms a user): keep them, up to a budget
+        self._rows: dict[int, np.ndarray] | None = {} if isinstance(self.corpus, SyntheticTextCorpus) else None
+        self._rows_bytes = 0
+
+    def examples_of(self, user: int, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of user `user` (the corpus' `examples_of`, with generated users' rows cached)."""
+        if self._rows is None:
+            return self.corpus.examples_of(user, ids)
+        rows = self._rows.get(user)
+        if rows is None:
+            rows = self.corpus.examples(user)
+            if self._rows_bytes + rows.nbytes <= ROW_CACHE_BYTES:
+                self._rows[user], self._rows_bytes = rows, self._rows_bytes + rows.nbytes
+        return rows[np.asarray(ids, dtype=np.int64)]
 
     def _loss_sum(self, examples: np.ndarray, weights_per_record: np.ndarray | None = None) -> float:
         from fl_userdp.local.updates import per_example_loss, as_tokens
@@ -113,15 +130,18 @@ class Worker:
         from fl_userdp.local.updates import uls_clipped_sum
 
         k, t = cfg.privacy.max_examples_per_user, cfg.train
-        data = [self.corpus.examples_of(int(u), uls_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k))
+        data = [self.examples_of(int(u), uls_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k))
                 for u in users]
+        # update="gradient": the losses come from the gradients' own forward (the start weights)
+        losses = [] if with_loss and t.update == "gradient" else None
         total, clipped, _ = uls_clipped_sum(self.model, data, cfg.privacy.clip_norm, t.update, t.local_steps,
                                             t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id,
-                                            autocast=cfg.model.autocast == "bf16")
+                                            autocast=cfg.model.autocast == "bf16", losses=losses)
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
             per = np.concatenate([np.full(len(d), 1.0 / max(len(d), 1)) for d in data])
-            loss = self._loss_sum(np.concatenate(data), per)
+            loss = float(torch_cat_numpy(losses) @ per) if losses is not None else \
+                self._loss_sum(np.concatenate(data), per)
         return Contribution(total, len(data), int(sum(len(d) for d in data)), clipped, loss)
 
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
@@ -130,11 +150,12 @@ class Worker:
         from fl_userdp.local.updates import els_clipped_sum
 
         set_trainable(self.model, weights)
-        parts = [self.corpus.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
+        parts = [self.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
         examples = np.concatenate(parts) if parts else np.zeros((0, self.corpus.seq_len), np.int64)
+        losses = [] if with_loss else None  # from the gradients' own forward, no second pass
         total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id,
-                                         autocast=cfg.model.autocast == "bf16")
-        loss = self._loss_sum(examples) if with_loss and len(examples) else None
+                                         autocast=cfg.model.autocast == "bf16", losses=losses)
+        loss = float(torch_cat_numpy(losses).sum()) if with_loss and len(examples) else None
         return Contribution(total, len(parts), int(len(examples)), clipped, loss)
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:
@@ -148,6 +169,13 @@ class Worker:
                 if len(rows) else rows
         set_trainable(self.model, weights)
         return eval_loss(self.model, self._heldout[n], pad_id=self.pad_id)
+
+
+def torch_cat_numpy(parts: list) -> np.ndarray:
+    """Concatenated float64 numpy vector of a list of 1-D tensors (the per-example losses of the chunks)."""
+    import torch
+
+    return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
 
 
 # -- the linear task (numpy only) ---------------------------------------------------------------------------

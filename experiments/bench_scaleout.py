@@ -15,6 +15,11 @@ rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cor
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py                  # the table (tiny LM + LoRA, 1,024 users)
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --nodes 8 --modes els --detail   # + per-phase breakdown
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --linear        # + the linear task at 10^6 users
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --two-raylets   # + Flower on two raylets on loopback
+
+With --two-raylets a Ray head and a second Ray node (one CPU each, own temp dir, free ports) are started on
+127.0.0.1 (stopped by PID at the end), and each Flower run is repeated attached to them (`sim.ray-address`):
+the same 2 cores as two Ray nodes, so the figure shows what crossing a raylet costs.
 
 Run it on a quiet machine (nothing else on the cores): both sides of a ratio are measured in the same run.
 """
@@ -150,18 +155,63 @@ class Phases:
 
 
 # -- one run ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def two_raylets():
+    """A Ray head + a second node on loopback, one CPU each; yields the address; stopped by PID."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    procs = []
+
+    def start(args: list[str], log: Path) -> None:
+        proc = subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        procs.append(proc)
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log.read_text()[-2000:])
+            time.sleep(0.5)
+
+    try:
+        start(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
+               f"--min-worker-port={port + 100}", f"--max-worker-port={port + 199}"], Path(temp) / "head.log")
+        start([f"--address=127.0.0.1:{port}", f"--min-worker-port={port + 200}", f"--max-worker-port={port + 299}"],
+              Path(temp) / "second.log")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def run_once(flat: dict, mode: str, backend: str) -> dict:
     from fl_userdp.config import parse_config
     from fl_userdp.server import inprocess, simulate
 
     out = tempfile.mkdtemp(prefix="fl-userdp-scaleout-")
-    cfg = parse_config({**flat, "privacy.mode": mode, "out": out})
+    cfg = parse_config({**{k: v for k, v in flat.items() if not k.startswith("_")}, "privacy.mode": mode,
+                        "out": out})
     t0 = time.perf_counter()
     with Phases().installed() as ph:
         if backend == "inprocess":
             inprocess.run(cfg, [mode])
         else:
-            simulate.run(cfg, [mode])
+            simulate.run(cfg, [mode], ray_address=flat.get("_ray_address"))
     wall = time.perf_counter() - t0
     rounds = ph.rounds[2:] or ph.rounds
     med = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in rounds[0]}
@@ -224,6 +274,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
     ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
+    ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
@@ -241,6 +292,15 @@ def main() -> None:
         rows = [run_once(flat, "uls", b) for b in ("inprocess", "ray")]
         report(rows, {**flat, "_label": "linear, 10⁶ users"}, args.detail)
         print("  (the linear round through Flower is bound by its message tick: see experiments/README.md)")
+    if args.two_raylets:
+        flat = {**BASE, "sim.users-per-node": 128, "train.rounds": args.rounds, **extra}
+        with two_raylets() as address:
+            for mode in args.modes.split(","):
+                ip = run_once(flat, mode, "inprocess")
+                two = run_once({**flat, "_ray_address": address}, mode, "ray")
+                print(f"| two raylets on loopback (1 CPU each), 8 nodes | {mode} | {ip['round_s']:.3f} | "
+                      f"{two['round_s']:.3f} | **{ip['round_s'] / two['round_s']:.2f}×** | Σ node "
+                      f"{two['node_sum_s']:.3f} | slowest {two['node_max_s']:.3f} |", flush=True)
     print(f"uptime after: {os.popen('uptime').read().strip()}")
 
 

@@ -27,7 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-epsilon", type=float, help="(1.5; --pipeline: 2)")
     p.add_argument("--max-examples-per-user", type=int, default=4)
     p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--confidence", type=float, help="of the lower bound (and of the estimate's ratio) "
+                   "(0.95; --pipeline: 0.99, so a correct run is flagged by the estimate with probability <= 1%%)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-users", type=int, default=100, help="--pipeline: ordinary users next to the canaries")
     p.add_argument("--noise-scale", type=float, default=1.0,
@@ -51,7 +52,8 @@ def audit_cmd(a: argparse.Namespace) -> int:
 
     opts = {**MECHANISM_DEFAULTS, **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon"))}
     cfg = AuditConfig(mode=a.mode, noise_multiplier=a.noise_multiplier, max_examples_per_user=a.max_examples_per_user,
-                      delta=a.delta, confidence=a.confidence, seed=a.seed, noise_scale=a.noise_scale, **opts)
+                      delta=a.delta, confidence=0.95 if a.confidence is None else a.confidence, seed=a.seed,
+                      noise_scale=a.noise_scale, **opts)
     res = run_audit(cfg)
     verdict = ("FLAGGED: the empirical lower bound exceeds the reported epsilon" if res.flagged
                else "consistent: the lower bound does not exceed the reported epsilon")
@@ -71,8 +73,9 @@ def _pipeline(a: argparse.Namespace) -> int:
         raise ConfigError("--noise-multiplier", a.noise_multiplier, "is calibrated from --target-epsilon with "
                           "--pipeline (as a run does)")
     cfg = PipelineAuditConfig(mode=a.mode, max_examples_per_user=a.max_examples_per_user, delta=a.delta,
-                              confidence=a.confidence, seed=a.seed, base_users=a.base_users, fault=a.inject_fault,
-                              **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon")))
+                              seed=a.seed, base_users=a.base_users, fault=a.inject_fault,
+                              **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon",
+                                           "confidence")))
     res = run_pipeline_audit(cfg)
     nc = res.noise_check
     verdict = ("FLAGGED: the run leaks more than its ledger says" if res.flagged

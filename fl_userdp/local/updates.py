@@ -141,14 +141,18 @@ def _autocast(tokens: torch.Tensor, autocast: bool):
 
 
 def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
-                 pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
+                 pad_id: int | None = None, autocast: bool = False,
+                 losses: list | None = None) -> list[torch.Tensor]:
     sampler = _hook_sampler(model)
     sampler.active, sampler.store, sampler.records = True, {}, []
     sampler.float32 = bool(autocast)
     try:
         with torch.enable_grad():
             with _autocast(tokens, autocast):
-                loss = per_example_loss(model, tokens, pad_id).sum()
+                per = per_example_loss(model, tokens, pad_id)
+                loss = per.sum()
+            if losses is not None:
+                losses.append(per.detach().double())
             # Gradients w.r.t. the trainable layers' outputs only: autograd then skips the batch
             # weight gradients a plain backward would also compute (we only need per-example ones).
             outs = [out for _, _, out in sampler.records]
@@ -163,7 +167,8 @@ def _grads_hooks(model: nn.Module, tokens: torch.Tensor, params: list[nn.Paramet
 
 
 def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parameter],
-                  pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
+                  pad_id: int | None = None, autocast: bool = False,
+                  losses: list | None = None) -> list[torch.Tensor]:
     """opacus GradSampleModule, attached for this call only (its disabled hooks would still slow
     and warn in plain backward passes of the shared model)."""
     from opacus import GradSampleModule
@@ -177,8 +182,10 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
                 p.grad_sample = None
             with torch.enable_grad():
                 with _autocast(tokens, autocast):
-                    loss = per_example_loss(gsm, tokens, pad_id).sum()
-                loss.backward()
+                    per = per_example_loss(gsm, tokens, pad_id)
+                if losses is not None:
+                    losses.append(per.detach().double())
+                per.sum().backward()
             return [(p.grad_sample if p.grad_sample is not None
                      else torch.zeros((tokens.shape[0], *p.shape), device=p.device)).float() for p in params]
         finally:
@@ -188,7 +195,8 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
 
 
 def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFAULT_METHOD,
-                      pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
+                      pad_id: int | None = None, autocast: bool = False,
+                      losses: list | None = None) -> list[torch.Tensor]:
     """Per-example gradients of the trainable weights: one (b, *shape) float32 tensor per array.
 
     method="hooks" (default, fastest: ~1.05-1.1x a plain backward) or "opacus"
@@ -197,6 +205,8 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
     (`model.autocast = "bf16"`); with "hooks" each per-example gradient is formed in float32 from the
     bf16 activations and output gradients, and their norms, the clipping and the sums are float32
     (float64 for ULS's per-user sum). With "opacus" opacus forms them in bfloat16 before the float32 cast.
+    `losses`: when a list, the (b,) per-example losses of the same forward are appended to it (float64,
+    detached) — the training loss comes with the gradients, no second forward.
     """
     params = [p for _, p in trainable_params(model)]
     model.train()
@@ -204,9 +214,9 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
         p.grad = None
     try:
         if method == "hooks":
-            return _grads_hooks(model, tokens, params, pad_id, autocast)
+            return _grads_hooks(model, tokens, params, pad_id, autocast, losses)
         if method == "opacus":
-            return _grads_opacus(model, tokens, params, pad_id, autocast)
+            return _grads_opacus(model, tokens, params, pad_id, autocast, losses)
         raise ValueError(f"method must be 'hooks' or 'opacus', got {method!r}")
     finally:
         for p in params:
@@ -221,17 +231,20 @@ def _flat_cpu(tensors: list[torch.Tensor]) -> np.ndarray:
 
 def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
-                    pad_id: int | None = None, autocast: bool = False) -> tuple[np.ndarray, int]:
+                    pad_id: int | None = None, autocast: bool = False,
+                    losses: list | None = None) -> tuple[np.ndarray, int]:
     """Σ_i clip(∇ loss_i, C) over the rows of `examples`, at the model's current weights.
 
-    Returns (flat float64 sum, number of examples whose gradient norm exceeded C).
+    Returns (flat float64 sum, number of examples whose gradient norm exceeded C); `losses` as in
+    `per_example_grads`.
     """
     examples = np.asarray(examples, dtype=np.int64)
     params = [p for _, p in trainable_params(model)]
     total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     clipped = 0
     for lo in range(0, examples.shape[0], chunk_size):
-        grads = per_example_grads(model, as_tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast)
+        grads = per_example_grads(model, as_tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast,
+                                  losses)
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
         factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
@@ -241,7 +254,8 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
 
 
 def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_size: int,
-                     method: str, pad_id: int | None = None, autocast: bool = False) -> list[torch.Tensor]:
+                     method: str, pad_id: int | None = None, autocast: bool = False,
+                     losses: list | None = None) -> list[torch.Tensor]:
     """Each user's mean gradient: one (U, d_p) tensor per trainable array (segment sums of per-example grads)."""
     params = [p for _, p in trainable_params(model)]
     counts = np.array([len(e) for e in user_examples], dtype=np.int64)
@@ -253,7 +267,7 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
         owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
         for lo in range(0, stacked.shape[0], chunk_size):
             grads = per_example_grads(model, as_tokens(model, stacked[lo:lo + chunk_size]), method, pad_id,
-                                      autocast)
+                                      autocast, losses)
             who = owner[lo:lo + chunk_size]
             for acc, g in zip(sums, grads):
                 acc.index_add_(0, who, g.reshape(g.shape[0], -1))
@@ -292,7 +306,7 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
 def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm: float, update: str,
                     local_steps: int, local_lr: float, batch_size: int, start: list[np.ndarray],
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD, pad_id: int | None = None,
-                    autocast: bool = False) -> tuple[np.ndarray, int, list[float]]:
+                    autocast: bool = False, losses: list | None = None) -> tuple[np.ndarray, int, list[float]]:
     """Σ_u clip(Δ_u, C) over users, each Δ_u computed from `start` on that user's (≤ k) examples.
 
     update="gradient": Δ_u = mean gradient of the loss over the user's examples
@@ -301,7 +315,8 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     (lr `local_lr`, batches of `batch_size` cycling over the user's examples).
     Returns (flat float64 sum, number of users clipped, per-user pre-clip norms).
     The model's trainable weights are left at `start`. `autocast` applies to update="gradient" (as in
-    `per_example_grads`); local steps run in the model's dtype.
+    `per_example_grads`); local steps run in the model's dtype. `losses` (update="gradient" only): the
+    per-example losses of the stacked examples, in order, as in `per_example_grads`.
     """
     if update not in ("gradient", "local-steps"):
         raise ValueError(f"update must be 'gradient' or 'local-steps', got {update!r}")
@@ -311,7 +326,7 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     if not user_examples:
         return _flat_cpu(total), 0, []
     if update == "gradient":
-        per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id, autocast)  # list of (U, d_p)
+        per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id, autocast, losses)  # (U, d_p)
     else:
         deltas = [_local_steps_update(model, e, start, local_steps, local_lr, batch_size, pad_id)
                   for e in user_examples]

@@ -52,6 +52,26 @@ def test_worker_reports_counts_and_losses():
     assert c.users == 3 and c.clipped == 3 and c.examples == sum(min(int(w.corpus.counts[u]), 4) for u in (0, 3, 7))
     assert np.linalg.norm(c.total) <= 3 * 1e-3 * (1 + 1e-6) and c.loss_sum / 3 > 0
     assert np.isfinite(w.evaluate(cfg, weights))
+    # the training loss comes from the gradients' own forward: it equals a separate no-grad pass
+    import torch
+
+    from fl_userdp.local.updates import as_tokens, per_example_loss
+
+    def separate(rows):
+        with torch.no_grad():
+            return per_example_loss(w.model, as_tokens(w.model, rows)).double().numpy()
+
+    users = np.array([0, 3, 7])
+    chosen = [uls_example_ids(cfg.seed, 1, int(u), int(w.corpus.counts[u]), 4) for u in users]
+    data = [w.examples_of(int(u), i) for u, i in zip(users, chosen)]
+    assert c.loss_sum == pytest.approx(sum(separate(d).mean() for d in data), rel=1e-6)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in data])])
+    ids = np.concatenate(chosen)
+    e = w.els(cfg, weights, users, offsets, ids)
+    assert e.loss_sum == pytest.approx(separate(np.concatenate(data)).sum(), rel=1e-6)
+    # generated users' rows are cached: the same rows as the corpus gives
+    for u in users:
+        np.testing.assert_array_equal(w.examples_of(int(u), np.arange(2)), w.corpus.examples_of(int(u), np.arange(2)))
 
 
 LINEAR = {"model.name": "linear", "model.dim": 8, "data.num-users": 60, "data.heldout-users": 3,
