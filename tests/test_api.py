@@ -57,3 +57,50 @@ def test_bad_arguments_name_the_argument(kwargs, key):
     with pytest.raises(ConfigError) as err:
         fl_userdp.simulate({"privacy.sampling-rate": 2})
     assert err.value.key == "privacy.sampling-rate"
+
+
+def test_result_prints_short_and_is_a_mapping_of_modes():
+    res = fl_userdp.simulate({**FLAT, "train.rounds": 2}, modes="uls,els", backend="inprocess")
+    text = repr(res)
+    assert "\n" not in text and len(text) < 200 and "array" not in text
+    assert text.startswith("SimulationResult(uls: 2 rounds, epsilon=") and "out=None" in text
+    assert repr(res["uls"]).startswith("ModeRun(uls: 2 rounds, epsilon=") and len(repr(res["uls"])) < 120
+    assert list(res) == ["uls", "els"] == list(res.keys()) and len(res) == 2 and "els" in res and "xls" not in res
+    assert [m for m, _ in res.items()] == ["uls", "els"] and [r.mode for r in res.values()] == ["uls", "els"]
+    assert res.config.out is None  # no out=: the temporary folder is gone, nothing to point at
+
+
+@pytest.mark.parametrize("modes,expected", [("uls", ["uls"]), ("els, uls", ["els", "uls"]), (("els",), ["els"]),
+                                            (["uls", "els"], ["uls", "els"])])
+def test_modes_as_a_string_list_or_tuple(modes, expected):
+    from fl_userdp.api import as_config, as_modes
+
+    assert as_modes(modes, as_config(FLAT)) == expected
+
+
+@pytest.mark.parametrize("modes", ["ul", "uls,xls", [], "", ["uls", "uls"], 3])
+def test_unknown_modes_are_refused_with_one_line(modes):
+    with pytest.raises(ConfigError) as err:
+        fl_userdp.simulate(FLAT, modes=modes, backend="inprocess")
+    assert err.value.key == "modes" and "\n" not in str(err.value)
+
+
+def test_nested_dicts_are_flattened_like_toml():
+    from fl_userdp.api import as_config
+
+    cfg = as_config({"privacy": {"mode": "els", "sampling-rate": 0.2}, "train": {"rounds": 7}, "seed": 3})
+    assert (cfg.privacy.mode, cfg.privacy.sampling_rate, cfg.train.rounds, cfg.seed) == ("els", 0.2, 7, 3)
+    with pytest.raises(ConfigError) as err:
+        as_config({"privacy": {"sampling-rate": 2}})
+    assert err.value.key == "privacy.sampling-rate"
+
+
+def test_errors_name_the_apis_arguments_not_the_clis_options(tmp_path):
+    flat = {**FLAT, "train.rounds": 1, "privacy.noise-multiplier": 1.0}
+    fl_userdp.simulate(flat, modes="uls", backend="inprocess", out=tmp_path)
+    with pytest.raises(ConfigError) as err:  # a fresh start over released rounds
+        fl_userdp.simulate(flat, modes="uls", backend="inprocess", out=tmp_path)
+    assert err.value.key == "out" and "resume=True" in str(err.value) and "--" not in str(err.value)
+    with pytest.raises(ConfigError) as err:  # resuming one mode of the folder while it holds another
+        fl_userdp.simulate(flat, modes="els", backend="inprocess", out=tmp_path, resume=True)
+    assert err.value.key == "resume" and "--" not in str(err.value)

@@ -61,7 +61,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
     from fl_userdp.server.runner import check_fresh, check_resume, logged_sigma, prepare
 
     from .. import report
-    from ..api import simulate
+    from ..api import run_simulation
     from ..data.inventory import data_line
 
     console, t0 = Console(stderr=True), time.perf_counter()
@@ -111,7 +111,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         console.print(f"[yellow]lost a Ray worker[/]{detail}; restart {n}: a fresh engine resumes from the release log")
 
     with progress:
-        res = simulate(cfg, modes, getattr(a, "backend", "ray"), out, resume=a.resume, setup=setup,
+        res = run_simulation(cfg, modes, getattr(a, "backend", "ray"), out, resume=a.resume, setup=setup,
                        on_record=on_record, on_mode=on_mode, on_restart=on_restart,
                        summary_extra={"command": f"fl-userdp {name}", "commit": _commit()})
 
