@@ -10,15 +10,35 @@ sample_size = ⌈q·10⁹⌉ (the rate is rounded *up*, so the ε is never small
 than at q). ELS's mixture event has no Flower counterpart and is refused.
 RDP is looser than our PLD default: the adapter is for comparison with the ε
 a stock Flower setup would report.
+
+The RDP computation underneath (dp_accounting) logs an absl warning for every
+order whose series does not converge (it leaves that order out, and the ε
+stays an upper bound): dozens per call during calibration. They are silenced
+around the call (the "absl" logger raised to ERROR), nowhere else.
 """
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 from fl_userdp.accounting.events import Event, UlsRound
 from fl_userdp.accounting.plugins import EventLedger
 
 POPULATION = 10**9
+
+
+@contextmanager
+def quiet_absl() -> Iterator[None]:
+    """The "absl" logger at ERROR for the block (its level restored after)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class FlowerRdpAccountant(EventLedger):
@@ -43,7 +63,8 @@ class FlowerRdpAccountant(EventLedger):
         acc = RdpAccountant(PrivacyConfig(target_delta=self.delta, population_size=POPULATION,
                                           neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
                                           sampling_method=SamplingMethod.POISSON))
-        for e, c in runs:
-            size = min(POPULATION, max(1, math.ceil(e.sampling_rate * POPULATION)))
-            acc.compose(GaussianPrivacyEvent(e.noise_multiplier, size, POPULATION), c)
-        return float(acc.get_epsilon(self.delta))
+        with quiet_absl():
+            for e, c in runs:
+                size = min(POPULATION, max(1, math.ceil(e.sampling_rate * POPULATION)))
+                acc.compose(GaussianPrivacyEvent(e.noise_multiplier, size, POPULATION), c)
+            return float(acc.get_epsilon(self.delta))

@@ -58,6 +58,8 @@ def make_accountant(spec: str, delta: float, key: str = "privacy.accountant"):
         raise ConfigError(key, spec, f"names nothing in {module_name}") from None
     try:
         ledger = factory(delta=delta)
+    except ImportError as err:  # a package the plug-in needs: its message says what to install
+        raise ConfigError(key, spec, f"cannot be created: {' '.join(str(err).split())}") from None
     except Exception as err:  # noqa: BLE001 - a plug-in's own failure, reported in one line
         raise ConfigError(key, spec, f"could not be created with delta={delta} ({err})") from None
     missing = [m for m in LEDGER_METHODS if not callable(getattr(ledger, m, None))]

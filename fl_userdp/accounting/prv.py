@@ -7,7 +7,8 @@ privacy-random-variable method and reports the *upper* end of its error band
 (estimate + eps_error), so the ε it gives is an upper bound like the
 built-in ones. The ELS mixture event has no PRV in that package: it is
 refused (`NotImplementedError`), and the run says so before it starts.
-Needs `pip install prv-accountant` (the `prv` extra).
+Needs `pip install prv-accountant` (or the extra, `pip install 'fl-userdp[prv]'`):
+without it the run is refused before it starts, with that advice in one line.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .plugins import EventLedger
 
 EPS_ERROR = 0.01
 DELTA_ERROR = 1e-10
+INSTALL = ("needs the prv-accountant package, which is not installed: pip install prv-accountant "
+           "(or pip install 'fl-userdp[prv]')")
 
 
 class PrvAccountant(EventLedger):
@@ -24,7 +27,10 @@ class PrvAccountant(EventLedger):
     NAME = "prv"
 
     def __init__(self, delta: float, eps_error: float = EPS_ERROR) -> None:
-        import prv_accountant  # noqa: F401 - fail at construction when the package is missing
+        try:
+            import prv_accountant  # noqa: F401 - fail at construction when the package is missing
+        except ImportError:
+            raise ImportError(f"the PRV accountant {INSTALL}") from None
 
         super().__init__(delta)
         self.eps_error = float(eps_error)

@@ -78,3 +78,29 @@ def test_make_accountant_builtins_and_protocol():
     assert make_accountant("pld", 1e-5).backend == "pld"
     with pytest.raises(ConfigError):
         make_accountant("fl_userdp.errors:ConfigError", 1e-5)
+
+
+def test_missing_prv_package_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prv_accountant", None)  # `import prv_accountant` raises ImportError
+    assert run(tmp_path, "--mode", "uls", "--rounds", "1", "--set", "privacy.noise-multiplier=1",
+               "--set", f"privacy.accountant={PRV}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "privacy.accountant" in err and "Traceback" not in err
+    assert "pip install prv-accountant" in err and "fl-userdp[prv]" in err
+
+
+def test_flower_adapter_calibrates_without_absl_warnings(capfd, caplog):
+    import logging
+
+    from fl_userdp.accounting import calibrate_noise
+
+    caplog.set_level(logging.DEBUG)
+    capfd.readouterr()
+    sigma, _ = calibrate_noise("uls", 4.0, 1e-5, 0.2, 3, 1, FLOWER)  # orders that do not converge at q=0.2
+    assert sigma > 0
+    out, err = capfd.readouterr()
+    assert "absl" not in err and "failed to converge" not in err + out
+    assert not [r for r in caplog.records if r.name == "absl"]
+    assert logging.getLogger("absl").level == logging.NOTSET  # restored after the call
