@@ -141,20 +141,25 @@ def data_stats_cmd(a: argparse.Namespace) -> int:
     from ..data.inventory import data_report, dropped_text
 
     cfg = _run_config(a)
-    c, seq_len = _corpus(cfg), _row_len(cfg)
+    c = _corpus(cfg)
+    seq_len = _row_len(cfg) if getattr(c, "seq_len", None) is not None else None  # token rows, or a task's own
     counts = np.asarray(c.counts, dtype=np.int64)
-    held = np.asarray(getattr(c, "heldout_counts", []), dtype=np.int64)
+    held = getattr(c, "heldout_counts", None)  # a task's own corpus may only have heldout()
+    held_rows = int(np.sum(held)) if held is not None else len(np.asarray(c.heldout()))
+    held_users = None if held is None else len(held)
     used = data_report(c, cfg.data)
-    payload = {"source": cfg.data.source, "seq_len": seq_len, "vocab_size": getattr(c, "vocab_size", None),
-               "training_users": int(c.num_users), "heldout_users": int(held.size),
-               "available_users": int(getattr(c, "available_users", c.num_users + held.size)),
-               "examples": int(counts.sum()), "heldout_examples": int(held.sum()),
+    source = cfg.data.source if seq_len or cfg.model.name == "linear" else f"{cfg.model.name} (its corpus)"
+    payload = {"source": source, "seq_len": seq_len, "vocab_size": getattr(c, "vocab_size", None),
+               "training_users": int(c.num_users), "heldout_users": held_users,
+               "available_users": int(getattr(c, "available_users", c.num_users + (held_users or 0))),
+               "examples": int(counts.sum()), "heldout_examples": held_rows,
                "examples_per_user": _quantiles(counts), "mean_examples_per_user": float(counts.mean()),
                "dropped": used["dropped"], "num_users_capped": used["num_users_capped"]}
-    unit = f"rows of {seq_len} tokens, model.seq-len" if seq_len else "feature rows (linear task)"
+    unit = f"rows of {seq_len} tokens, model.seq-len" if seq_len else "feature rows (linear task)" \
+        if cfg.model.name == "linear" else "rows of your task's corpus"
     notes = [t for t in (dropped_text(used["dropped"]), used["num_users_capped"]) if t]
-    text = (f"source {cfg.data.source}: {payload['available_users']} users with text -> "
-            f"{payload['training_users']} training, {payload['heldout_users']} held-out\n"
+    text = (f"source {source}: {payload['available_users']} users with text -> "
+            f"{payload['training_users']} training, {'?' if held_users is None else held_users} held-out\n"
             + "".join(f"{note}\n" for note in notes)
             + f"examples ({unit}): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
             "examples per user: " + " ".join(f"{k}={v:g}" for k, v in payload["examples_per_user"].items())

@@ -61,3 +61,17 @@ def test_bad_model_name_exits_2_with_one_line(tmp_path, capsys, spec, needle):
     assert len(err.splitlines()) == 1 and err.startswith("fl-userdp compare: error: model.name ")
     assert needle in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "bad" / "metrics.jsonl")
+
+
+def test_data_stats_counts_the_tasks_own_corpus(capsys):
+    import json
+
+    from fl_userdp.config import parse_config
+    from fl_userdp.local.task import load_task
+
+    assert main(["data-stats", "--set", f"model.name={SPEC}", "--num-users", "50", "--heldout-users", "3",
+                 "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    corpus = load_task(parse_config({"model.name": SPEC, "data.num-users": 50, "data.heldout-users": 3})).corpus
+    assert payload["training_users"] == 50 and payload["examples"] == int(corpus.counts.sum())
+    assert payload["heldout_examples"] == len(corpus.heldout()) and payload["source"].startswith(SPEC)
