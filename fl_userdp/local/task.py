@@ -45,7 +45,9 @@ each of its first users with examples) go through the loss twice: once as
 they are, once with row 0 replaced by another row of the batch. The loss must
 return one value per row, and no row but row 0 may move (beyond a relative
 1e-6): a loss that mixes rows (minus the batch mean, a batch statistic) would
-make per-example clipping bound nothing, and is refused.
+make per-example clipping bound nothing, and is refused. The probe leaves the
+task as it found it: no gradients, the module's buffers put back, and torch's,
+numpy's and Python's generators seeded for each call and restored after.
 
 Bad input — a module that cannot be imported, a missing attribute, a factory
 that raises or returns something else, a loss of the wrong shape on the probe
@@ -56,10 +58,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -187,11 +191,30 @@ def _probe_rows(spec: str, corpus: Any) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _losses(spec: str, module: nn.Module, loss, rows: np.ndarray) -> torch.Tensor:
-    """The task's losses of `rows` (no gradients, torch's generator fixed), checked to be a (b,) tensor."""
+@contextmanager
+def _seeded_generators(module: nn.Module) -> Iterator[None]:
+    """torch's (CPU and the module's GPU), numpy's and Python's global generators seeded with 0 for the block
+    and restored after it: a loss that draws random numbers draws the same ones on every probe call, and the
+    process' generators are as they were."""
+    device = _device(module)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a loss that draws random numbers draws the same ones on every probe call
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            np.random.seed(0)
+            random.seed(0)
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _losses(spec: str, module: nn.Module, loss, rows: np.ndarray) -> torch.Tensor:
+    """The task's losses of `rows` (no gradients, generators seeded), checked to be a (b,) tensor."""
+    try:
+        with torch.no_grad(), _seeded_generators(module):
             out = loss(module, as_batch(module, rows))
     except Exception as err:  # noqa: BLE001 - the user's loss failed: one line
         raise ConfigError(KEY, spec, f"task failed on a probe batch of {len(rows)} rows ({_one_line(err)})") from None
@@ -220,10 +243,19 @@ def _check_rows_independent(spec: str, module: nn.Module, loss, rows: np.ndarray
 
 
 def _probe(spec: str, module: nn.Module, loss, corpus: Any) -> None:
-    """A few rows of the corpus through the loss: one loss per row, and each row's loss its own."""
+    """A few rows of the corpus through the loss: one loss per row, and each row's loss its own. The module's
+    buffers (a forward in train mode may update them) are put back after; its weights do not move (no
+    gradients) and the generators are restored (`_seeded_generators`)."""
     rows = _probe_rows(spec, corpus)
-    base = _losses(spec, module, loss, rows)
-    _check_rows_independent(spec, module, loss, rows, base)
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    try:
+        base = _losses(spec, module, loss, rows)
+        _check_rows_independent(spec, module, loss, rows, base)
+    finally:
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
 
 
 def load_task(cfg: RunConfig) -> LoadedTask:
