@@ -1,6 +1,6 @@
 """Flower's own accountant as a plug-in ledger (ULS only).
 
-    --set privacy.accountant=server.flower_accountant:FlowerRdpAccountant
+    --set privacy.accountant=fl_userdp.server.flower_accountant:FlowerRdpAccountant
 
 Flower 1.42's `flwr.supercore.privacy_accounting.RdpAccountant` composes
 `GaussianPrivacyEvent(noise_multiplier, sample_size, population_size)` with
