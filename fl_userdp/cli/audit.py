@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-examples-per-user", type=int, default=4)
     p.add_argument("--delta", type=float, default=1e-6)
     p.add_argument("--confidence", type=float, help="of the lower bound (and of the estimate's ratio) "
-                   "(0.95; --pipeline: 0.99, so a correct run is flagged by the estimate with probability <= 1%%)")
+                   "(0.95; --pipeline: 0.999, see fl_userdp.server.audit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-users", type=int, default=100, help="--pipeline: ordinary users next to the canaries")
     p.add_argument("--noise-scale", type=float, default=1.0,
@@ -58,7 +58,7 @@ def audit_cmd(a: argparse.Namespace) -> int:
     verdict = ("FLAGGED: the empirical lower bound exceeds the reported epsilon" if res.flagged
                else "consistent: the lower bound does not exceed the reported epsilon")
     text = (f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
-            f"empirical lower bound {res.epsilon_lower_bound:.4g} at {res.confidence:.0%} confidence "
+            f"empirical lower bound {res.epsilon_lower_bound:.4g} at {100 * res.confidence:g}% confidence "
             f"({res.correct}/{res.guesses} guesses correct, {res.canaries} canaries)\n{verdict}")
     emit(res.to_dict(), a.json, text)
     return 3 if res.flagged else 0
@@ -83,7 +83,7 @@ def _pipeline(a: argparse.Namespace) -> int:
                "released noise matches the claimed")
     text = (f"pipeline audit ({res.mode}{', injected fault: ' + res.fault if res.fault != 'none' else ''}): "
             f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
-            f"empirical lower bound {res.epsilon_lower_bound:.4g} at {res.confidence:.0%} confidence "
+            f"empirical lower bound {res.epsilon_lower_bound:.4g} at {100 * res.confidence:g}% confidence "
             f"({res.correct}/{res.guesses} guesses correct, {res.canaries} canaries, {res.included} included)\n"
             f"estimate {res.epsilon_estimate:.4g} (canary SNR {res.snr_ratio:.3g}x the claimed, "
             f"lower bound {res.snr_ratio_lower:.3g}x)\n"
