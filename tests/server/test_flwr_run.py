@@ -13,23 +13,10 @@ from pathlib import Path
 import pytest
 
 from fl_userdp import report
+from ray_procs import superlinks_of
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def superlinks_of(home: Path) -> list[int]:
-    """PIDs of flower-superlink processes whose command line names our FLWR_HOME."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(b"flower-superlink" in c for c in cmd) and any(str(home).encode() in c for c in cmd):
-                found.append(int(entry))
-    return found
 
 
 @pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None, reason="no flwr CLI")
