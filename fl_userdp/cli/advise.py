@@ -11,7 +11,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from .data import _corpus, _row_len, _run_config, _source_given, _source_options, budget_options
+from .data import corpus, row_len, run_config, source_given, source_options, budget_options
 
 
 def _ints(text: str) -> list[int]:
@@ -27,7 +27,7 @@ def _ints(text: str) -> list[int]:
 def configure(p: argparse.ArgumentParser) -> None:
     from ..advisor import CAPS
 
-    _source_options(p)
+    source_options(p)
     p.add_argument("--counts-file", metavar="FILE", help="examples per user (rows of model.seq-len tokens) instead "
                                                          "of the data source's; needs --pilot")
     budget_options(p)
@@ -58,18 +58,18 @@ def advise_cmd(a: argparse.Namespace) -> int:
     from ..advisor import advise, format_advice
     from ..planner import read_counts
 
-    if a.counts_file is not None and _source_given(a):
+    if a.counts_file is not None and source_given(a):
         raise ConfigError("--counts-file", a.counts_file, "replaces the data source: give either it or "
                                                           "--source/--config/--set, not both")
     if a.counts_file is not None and a.pilot is None:
         raise ConfigError("--pilot", None, "is required with --counts-file (the pilot needs the users' data: "
                                            "measure it once with --save-pilot where the data is)")
-    cfg = _run_config(a)
+    cfg = run_config(a)
     pilot = read_pilot(a.pilot) if a.pilot else None
     if a.counts_file:
         counts = read_counts(a.counts_file)
     else:
-        counts = _corpus(cfg).counts
+        counts = corpus(cfg).counts
     if pilot is None:
         from ..local.pilot import measure_pilot
 
@@ -78,7 +78,7 @@ def advise_cmd(a: argparse.Namespace) -> int:
             from pathlib import Path
 
             Path(a.save_pilot).write_text(json.dumps({"pilot": pilot.to_dict(), "source": cfg.data.source,
-                                                      "model": cfg.model.name, "seq_len": _row_len(cfg)}) + "\n")
+                                                      "model": cfg.model.name, "seq_len": row_len(cfg)}) + "\n")
     adv = advise(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, pilot, a.caps)
     if a.json:
         payload = adv.to_dict()

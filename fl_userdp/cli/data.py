@@ -58,7 +58,7 @@ _OPTION_KEYS = {"source": "data.source", "model": "model.name", "seq_len": "mode
                 "text_column": "data.text-column", "seed": "seed"}
 
 
-def _source_options(p: argparse.ArgumentParser) -> None:
+def source_options(p: argparse.ArgumentParser) -> None:
     from ..config import DataConfig, ModelConfig, RunConfig
 
     d, m = DataConfig(), ModelConfig()
@@ -83,12 +83,12 @@ def _source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help=f"seed (default {RunConfig().seed})")
 
 
-def _source_given(a: argparse.Namespace) -> bool:
+def source_given(a: argparse.Namespace) -> bool:
     """Whether the user named a data source: --source, or --config / --set (then the config's data.source)."""
     return a.source is not None or a.config is not None or bool(a.set)
 
 
-def _run_config(a: argparse.Namespace):
+def run_config(a: argparse.Namespace):
     """The run's config, as `fl-userdp run` builds it, with the dedicated options on top.
 
     An error from a value a dedicated option gave names that option (`--seq-len`, not `model.seq-len`).
@@ -107,12 +107,12 @@ def _run_config(a: argparse.Namespace):
         raise ConfigError("--" + option.replace("_", "-"), err.value, err.requirement) from None
 
 
-def _row_len(cfg) -> int | None:
+def row_len(cfg) -> int | None:
     """Tokens per example row (None for the linear task, whose examples are feature rows)."""
     return None if cfg.model.name == "linear" else int(cfg.model.seq_len)
 
 
-def _corpus(cfg):
+def corpus(cfg):
     """The corpus a run of `cfg` trains on: your own task's (its factory's corpus, when it has one) or the
     config's data source."""
     from ..config import is_task_spec
@@ -133,16 +133,16 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 # -- data-stats ---------------------------------------------------------------------
 def configure_data_stats(p: argparse.ArgumentParser) -> None:
-    _source_options(p)
+    source_options(p)
     p.add_argument("--json", action="store_true")
 
 
 def data_stats_cmd(a: argparse.Namespace) -> int:
     from ..data.inventory import data_report, dropped_text
 
-    cfg = _run_config(a)
-    c = _corpus(cfg)
-    seq_len = _row_len(cfg) if getattr(c, "seq_len", None) is not None else None  # token rows, or a task's own
+    cfg = run_config(a)
+    c = corpus(cfg)
+    seq_len = row_len(cfg) if getattr(c, "seq_len", None) is not None else None  # token rows, or a task's own
     counts = np.asarray(c.counts, dtype=np.int64)
     held = getattr(c, "heldout_counts", None)  # a task's own corpus may only have heldout()
     held_rows = int(np.sum(held)) if held is not None else len(np.asarray(c.heldout()))
@@ -186,7 +186,7 @@ def _floats(text: str) -> list[float]:
 
 
 def configure_plan(p: argparse.ArgumentParser) -> None:
-    _source_options(p)
+    source_options(p)
     p.add_argument("--counts-file", metavar="FILE", help="examples per user, in rows of model.seq-len tokens (JSON "
                                                          "list or one integer a line), instead of a data source "
                                                          "(--source, --config, --set)")
@@ -204,18 +204,18 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
 def plan_cmd(a: argparse.Namespace) -> int:
     from ..planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
 
-    if a.counts_file is not None and _source_given(a):
+    if a.counts_file is not None and source_given(a):
         raise ConfigError("--counts-file", a.counts_file, "replaces the data source: give either it or "
                                                           "--source/--config/--set, not both")
-    if a.counts_file is None and not _source_given(a):
+    if a.counts_file is None and not source_given(a):
         raise ConfigError("--source", a.source, "(or --config/--set naming the run's data) or --counts-file "
                                                 "(exactly one) is required")
-    cfg = _run_config(a)
-    counts = read_counts(a.counts_file) if a.counts_file else _corpus(cfg).counts
+    cfg = run_config(a)
+    counts = read_counts(a.counts_file) if a.counts_file else corpus(cfg).counts
     from .advise import read_pilot
 
     plan = make_plan(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, a.clip_norm,
-                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=_row_len(cfg),
+                     a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=row_len(cfg),
                      pilot=read_pilot(a.pilot) if a.pilot else None)
     payload = plan.to_dict()
     payload["source"] = a.counts_file or cfg.data.source
