@@ -109,9 +109,10 @@ def test_cli_with_counts_and_a_saved_pilot(tmp_path, capsys):
             "--examples-per-step", "64", "--steps", "50", "--epsilon", "2", "--delta", "1e-6", "--caps", "1,4,16"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "predicted:" in out and "averaging gain" in out
+    assert "predicted:" in out and "averaging gain" in out and "OUTSIDE any DP guarantee" in out
     assert main(args + ["--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
+    assert payload["guarantee"].startswith("none")
     assert payload["winner"] in ("els", "uls") and payload["components"]["averaging_gain"] > 1
     assert payload["best_uls"]["cap"] in (1, 4, 16)
 

@@ -84,9 +84,11 @@ def advise_cmd(a: argparse.Namespace) -> int:
         payload = adv.to_dict()
         payload["pilot"] = pilot.to_dict()
         payload["source"] = a.counts_file or cfg.data.source
+        payload["guarantee"] = "none: the pilot and the counts are the users' data without noise"
         print(json.dumps(payload, sort_keys=True))
     else:
         share = "" if pilot.within_user_share is None else f"; within-user share of gradient variance {pilot.within_user_share:.3f}"
-        print(f"pilot: {pilot.users} users at the starting weights{share}")
+        print(f"pilot: {pilot.users} users at the starting weights{share} (measured on the users' data without "
+              f"noise: OUTSIDE any DP guarantee; the counts too)")
         print(format_advice(adv))
     return 0
