@@ -275,9 +275,15 @@ def main() -> None:
     ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
     ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
     ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
+    ap.add_argument("--pull-interval", type=float, help="override fl_userdp.server.app.PULL_INTERVAL_S (seconds "
+                    "between the driver's polls for replies)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
+    if args.pull_interval is not None:
+        from fl_userdp.server import app
+
+        app.PULL_INTERVAL_S = args.pull_interval
     print(f"uptime before: {os.popen('uptime').read().strip()}")
     print(HEADER, flush=True)
     for nodes in [int(n) for n in args.nodes.split(",") if n]:

@@ -2,7 +2,8 @@
 data loading and the one strategy line, see each SOURCE.md) run through the Flower CLI, `flwr run <app> --stream`,
 as written with FedAvg, with the drop-in `UserDPFedAvg`, and with Flower's
 `DifferentialPrivacyServerSideFixedClipping(FedAvg)`. The runs and the log parsing are
-experiments/dropin/flower_examples.py's (which also prints the ε side by side)."""
+experiments/dropin/flower_examples.py's (which also prints the ε side by side). The default suite runs the
+drop-in variants; the as-written and Flower-wrapper runs are comparisons (`pytest --run-bench`)."""
 from __future__ import annotations
 
 import math
@@ -91,6 +92,7 @@ def pytorch_run(variant: str, tmp_path: Path) -> fe.Run:
     return run
 
 
+@pytest.mark.bench  # a comparison run: pytest --run-bench
 def test_pytorch_fedavg_as_written(tmp_path):
     run = pytorch_run("fedavg", tmp_path)
     clean(run, "FedAvg")
@@ -102,6 +104,7 @@ def test_pytorch_userdp_dropin(tmp_path):
     check_dropin(pytorch_run("userdp", tmp_path))
 
 
+@pytest.mark.bench  # a comparison run: pytest --run-bench
 def test_pytorch_flower_dp_wrapper(tmp_path):
     check_flower_dp(pytorch_run("flower-dp", tmp_path))
 
@@ -117,6 +120,7 @@ def huggingface_run(variant: str, tmp_path: Path, model: Path) -> fe.Run:
     return run
 
 
+@pytest.mark.bench  # a comparison run: pytest --run-bench
 def test_huggingface_fedavg_as_written(tmp_path, tiny_bert):
     run = huggingface_run("fedavg", tmp_path, tiny_bert)
     clean(run, "FedAvg")
@@ -127,5 +131,6 @@ def test_huggingface_userdp_dropin(tmp_path, tiny_bert):
     check_dropin(huggingface_run("userdp", tmp_path, tiny_bert))
 
 
+@pytest.mark.bench  # a comparison run: pytest --run-bench
 def test_huggingface_flower_dp_wrapper(tmp_path, tiny_bert):
     check_flower_dp(huggingface_run("flower-dp", tmp_path, tiny_bert))

@@ -78,6 +78,7 @@ def test_flwr_run_as_printed(tmp_path):
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-3000:]
         assert "[fl-userdp] uls: 2 rounds" in log, log[-3000:]
+        assert "FutureWarning" not in log and "deprecated" not in log.lower(), log[-3000:]
         where = re.search(r"outputs in (\S+)", log).group(1).rstrip(";,")
         metrics = (tmp_path / where if not where.startswith("/") else Path(where)) / "metrics.jsonl"
         assert metrics.exists(), log[-2000:]
