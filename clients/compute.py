@@ -103,6 +103,16 @@ class Worker:
         self._rows: dict[int, np.ndarray] | None = {} if isinstance(self.corpus, SyntheticTextCorpus) else None
         self._rows_bytes = 0
 
+    def prefetch(self, users: np.ndarray) -> None:
+        """Generate the rows of the users not cached yet in one pass (`examples_many`), within the budget."""
+        if self._rows is None:
+            return
+        missing = [int(u) for u in users if int(u) not in self._rows]
+        if missing and self._rows_bytes < ROW_CACHE_BYTES:
+            for u, rows in zip(missing, self.corpus.examples_many(missing)):
+                if self._rows_bytes + rows.nbytes <= ROW_CACHE_BYTES:
+                    self._rows[u], self._rows_bytes = rows, self._rows_bytes + rows.nbytes
+
     def examples_of(self, user: int, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` of user `user` (the corpus' `examples_of`, with generated users' rows cached)."""
         if self._rows is None:
@@ -130,6 +140,7 @@ class Worker:
         from fl_userdp.local.updates import uls_clipped_sum
 
         k, t = cfg.privacy.max_examples_per_user, cfg.train
+        self.prefetch(users)
         data = [self.examples_of(int(u), uls_example_ids(self.seed, rnd, int(u), int(self.corpus.counts[u]), k))
                 for u in users]
         # update="gradient": the losses come from the gradients' own forward (the start weights)
@@ -150,6 +161,7 @@ class Worker:
         from fl_userdp.local.updates import els_clipped_sum
 
         set_trainable(self.model, weights)
+        self.prefetch(users)
         parts = [self.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
         examples = np.concatenate(parts) if parts else np.zeros((0, self.corpus.seq_len), np.int64)
         losses = [] if with_loss else None  # from the gradients' own forward, no second pass

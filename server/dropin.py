@@ -193,6 +193,10 @@ class UserDPFedAvg(Strategy):
                 raise ConfigError("min_available_nodes", self.min_available_nodes,
                                   f"exceeds the {len(nodes)} connected nodes")
             self.population = nodes
+            expected = self.q * len(nodes)
+            log(INFO, "UserDPFedAvg: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std "
+                "per coordinate is σC/(q·N)=%.3g (compare it with the updates' size: more users per round or a "
+                "smaller C lowers it)", len(nodes), expected, self.sigma * self.clip / expected)
         rng = SecureGenerator() if self.seed is None else rng_for(self.seed, "sampling", server_round)
         self.requested = [n for n, hit in zip(self.population, rng.random(len(self.population)) < self.q) if hit]
         # 2. send

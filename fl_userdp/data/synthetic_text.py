@@ -96,30 +96,46 @@ class SyntheticTextCorpus(UserCorpus):
 
     def examples(self, user: int) -> np.ndarray:
         """User `user`'s examples, shape (n_u, seq_len) int64; ids >= num_users are held-out users."""
-        user = int(user)
-        if not 0 <= user < self._all_counts.size:
-            raise IndexError(f"user {user} out of range [0, {self._all_counts.size})")
-        rng = rng_for(self.seed, "data", 1, user)
-        n, length, vocab = int(self._all_counts[user]), self.seq_len, self.vocab_size
-        main = rng.integers(NUM_TOPICS)
-        mix = (1.0 - self.diversity) * np.eye(NUM_TOPICS)[main] + self.diversity * rng.dirichlet(np.ones(NUM_TOPICS))
-        favourites = rng.choice(vocab, size=min(NUM_FAVOURITES, vocab), replace=False)
-        topic = rng.choice(NUM_TOPICS, size=n, p=mix / mix.sum())
-        u_next, u_pers = rng.random((n, length)), rng.random((n, length))
-        fav_pick = favourites[rng.integers(favourites.size, size=(n, length))]
-        start = rng.integers(1 << 30, size=n)
-        tokens = np.empty((n, length), dtype=np.int64)
-        homes = [self._topics[t].home for t in topic]
-        tokens[:, 0] = [h[s % h.size] for h, s in zip(homes, start)]
+        return self.examples_many([user])[0]
+
+    def examples_many(self, users) -> list[np.ndarray]:
+        """`examples(u)` for each of `users`, generated together: each user's random draws come from its own
+        stream, in the same order as one at a time, and the bigram chains of all their rows advance in one
+        vectorised pass (the same arithmetic per row), so the rows are identical to `examples(u)`'s."""
+        users = [int(u) for u in users]
+        if not users:
+            return []
+        for u in users:
+            if not 0 <= u < self._all_counts.size:
+                raise IndexError(f"user {u} out of range [0, {self._all_counts.size})")
+        length, vocab = self.seq_len, self.vocab_size
+        parts = []
+        for user in users:
+            rng = rng_for(self.seed, "data", 1, user)
+            n = int(self._all_counts[user])
+            main = rng.integers(NUM_TOPICS)
+            mix = (1.0 - self.diversity) * np.eye(NUM_TOPICS)[main] + self.diversity * rng.dirichlet(np.ones(NUM_TOPICS))
+            favourites = rng.choice(vocab, size=min(NUM_FAVOURITES, vocab), replace=False)
+            topic = rng.choice(NUM_TOPICS, size=n, p=mix / mix.sum())
+            u_next, u_pers = rng.random((n, length)), rng.random((n, length))
+            fav_pick = favourites[rng.integers(favourites.size, size=(n, length))]
+            start = rng.integers(1 << 30, size=n)
+            parts.append((n, topic, u_next, u_pers, fav_pick, start))
+        sizes = [p[0] for p in parts]
+        topic, u_next, u_pers, fav_pick, start = (np.concatenate([p[k] for p in parts]) for k in range(1, 6))
+        tokens = np.empty((topic.size, length), dtype=np.int64)
+        tokens[:, 0] = [self._topics[t].home[s % self._topics[t].home.size] for t, s in zip(topic, start)]
         for pos in range(1, length):
             prev = tokens[:, pos - 1]
             idx = (u_next[:, pos, None] > self._cdf[topic, prev]).sum(axis=1)
             nxt = self._succ[topic, prev, np.minimum(idx, BRANCH - 1)]
             tokens[:, pos] = np.where(u_pers[:, pos] < P_PERSONAL, fav_pick[:, pos], nxt)
+        out = np.split(tokens, np.cumsum(sizes)[:-1]) if sizes else []
         if self.similarity > 0:
-            copy = rng_for(self.seed, "similar", 0, user).random((n, length)) < self.similarity
-            tokens = np.where(copy, tokens[0][None, :], tokens)
-        return tokens
+            for i, user in enumerate(users):
+                copy = rng_for(self.seed, "similar", 0, user).random((sizes[i], length)) < self.similarity
+                out[i] = np.where(copy, out[i][0][None, :], out[i])
+        return out
 
     def heldout(self) -> np.ndarray:
         """All examples of the held-out users (ids num_users .. num_users+heldout-1), stacked."""

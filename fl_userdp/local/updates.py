@@ -350,8 +350,9 @@ def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float) -
     in grid units: float64 integers, whose sum is exact in any order (the torch twin of `scaled_grid_sum`).
     A non-finite record (factor 0) counts as zero."""
     scale = factors.double() * 2.0 ** grid_exponent(clip_norm)
-    scaled = torch.nan_to_num(records.double(), nan=0.0, posinf=0.0, neginf=0.0) * scale[:, None]
-    return torch.trunc(scaled).sum(dim=0)
+    scaled = records.to(torch.float64, copy=True).mul_(scale[:, None])   # one float64 copy, then in place
+    # a non-finite record has factor 0: its NaN/Inf (or NaN from 0·Inf) become 0, as if zeroed first
+    return torch.nan_to_num_(scaled, nan=0.0, posinf=0.0, neginf=0.0).trunc_().sum(dim=0)
 
 
 def from_grid_units(sums: list[torch.Tensor], clip_norm: float) -> np.ndarray:

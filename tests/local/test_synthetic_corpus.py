@@ -125,3 +125,18 @@ def test_data_package_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "NO-TORCH-OK" in out.stdout
+
+
+def test_users_generated_together_are_the_users_generated_one_at_a_time():
+    from fl_userdp.config import parse_config
+    from fl_userdp.data.synthetic_text import SyntheticTextCorpus
+
+    for flat in ({}, {"data.example-similarity": 0.8, "data.user-diversity": 0.9}):
+        cfg = parse_config({**flat, "data.num-users": 200})
+        corpus = SyntheticTextCorpus(cfg.data, cfg.model, 5)
+        users = [7, 0, 199, 7, 150, 201]  # any order, repeats, a held-out user
+        together = corpus.examples_many(users)
+        for u, rows in zip(users, together):
+            alone = corpus.examples(u)
+            assert rows.dtype == alone.dtype and np.array_equal(rows, alone)
+        assert corpus.examples_many([]) == []

@@ -245,7 +245,7 @@ def test_start_line_labels_and_infinite_epsilon(caplog):
         res = start(s, Grid(), 1)
     text = caplog.text
     for part in ("q=0.1", "noise multiplier 0", "C=0.5", "delta 1e-05", "no budget", "client-side evaluation: off",
-                 "outside it"):
+                 "outside it", "population N=200 nodes", "noise std per coordinate is σC/(q·N)=0"):
         assert part in text, part
     m = res.train_metrics_clientapp[1]
     assert m["epsilon"] == float("inf") and "epsilon inf" in text
