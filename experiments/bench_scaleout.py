@@ -13,6 +13,7 @@ rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cor
 * CPU seconds per process over the run (driver, ClientApp actors, other Ray processes), from /proc.
 
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py                  # the table (tiny LM + LoRA, 1,024 users)
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --nodes 8 --repeat 3   # medians of 3 alternating runs
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --nodes 8 --modes els --detail   # + per-phase breakdown
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --linear        # + the linear task at 10^6 users
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --two-raylets   # + Flower on two raylets on loopback
@@ -98,6 +99,8 @@ class Phases:
 
     @contextlib.contextmanager
     def installed(self):
+        from fl_userdp.clients import compute
+        from fl_userdp.local import model, updates
         from fl_userdp.server import app, inprocess, runner, strategy
 
         S = strategy.UserDPStrategy
@@ -107,6 +110,13 @@ class Phases:
                  (app.GridTransport, "_parse", app.GridTransport._parse),
                  (inprocess.InProcessTransport, "__call__", inprocess.InProcessTransport.__call__),
                  (runner, "run_mode", runner.run_mode)]
+        # the node's steps (timed where the node runs in this process: the in-process backend)
+        node_steps = [(updates, "per_example_grads", "node: forward + backward (per-example gradients, loss)"),
+                      (updates, "grid_units", "node: clip + exact (grid) sum"),
+                      (compute.Worker, "prefetch", "node: rows (generate / cache)"),
+                      (compute.Worker, "examples_of", "node: rows (generate / cache)"),
+                      (model, "set_trainable", "node: weights in"), (updates, "set_trainable", "node: weights in")]
+        saved += [(obj, name, getattr(obj, name)) for obj, name, _ in node_steps]
         me = self
 
         def run_round(s, *a, **kw):
@@ -140,6 +150,8 @@ class Phases:
                 me._node_secs.append(time.perf_counter() - t0)
             return out
 
+        for obj, name, label in node_steps:
+            setattr(obj, name, self.timer(label, getattr(obj, name)))
         S.run_round = run_round
         S.collect = self.timer("collect + validate", S.collect)
         S.sample = self.timer("sample (this round's, or the next one's ahead)", S.sample)
@@ -231,6 +243,11 @@ def per_round_cpu(snapshots: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(d[k] for d in diffs) for k in keys} if diffs else {}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run whose round time is the median of the repetitions' (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["round_s"])[(len(runs) - 1) // 2]
+
+
 def actors(flat: dict) -> int:
     from fl_userdp.config import parse_config
 
@@ -252,11 +269,17 @@ def report(rows: list[dict], flat: dict, detail: bool) -> None:
                 if r is None:
                     continue
                 print(f"\n  {mode} {r['backend']}: median round {r['round_s']:.3f} s; driver phases (s/round):")
-                for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]):
-                    if k != "round":
-                        print(f"    {k:<48} {v:.4f}")
-                print(f"    {'(rest of the round loop)':<48} "
-                      f"{r['round_s'] - sum(v for k, v in r['phases'].items() if k != 'round'):.4f}")
+                driver = {k: v for k, v in r["phases"].items() if k != "round" and not k.startswith("node: ")}
+                for k, v in sorted(driver.items(), key=lambda kv: -kv[1]):
+                    print(f"    {k:<56} {v:.4f}")
+                print(f"    {'(rest of the round loop)':<56} {r['round_s'] - sum(driver.values()):.4f}")
+                node = {k: v for k, v in r["phases"].items() if k.startswith("node: ")}
+                if node:
+                    print("  inside the transport, the nodes' steps (s/round, all nodes):")
+                    for k, v in sorted(node.items(), key=lambda kv: -kv[1]):
+                        print(f"    {k:<56} {v:.4f}")
+                    print(f"    {'node: the rest (requests, sampling ids, loss sums)':<56} "
+                          f"{r['node_sum_s'] - sum(node.values()):.4f}")
                 print(f"  nodes per round {r['nodes']}: Σ node compute {r['node_sum_s']:.3f} s, slowest node "
                       f"{r['node_max_s']:.3f} s")
                 print("  CPU seconds per round (median, rounds 3..): "
@@ -273,6 +296,8 @@ def main() -> None:
     ap.add_argument("--nodes", default="4,8,32", help="node counts (users per node = 1,024 / nodes)")
     ap.add_argument("--modes", default="els,uls")
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=1, help="repetitions per configuration, the backends alternating; "
+                    "the table shows the median run of each backend")
     ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
     ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
     ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
@@ -291,8 +316,12 @@ def main() -> None:
         flat = {**BASE, "sim.users-per-node": 1024 // nodes, "train.rounds": args.rounds, **extra}
         rows = []
         for mode in args.modes.split(","):
-            for backend in ("inprocess", "ray"):
-                rows.append(run_once(flat, mode, backend))
+            reps = [(run_once(flat, mode, "inprocess"), run_once(flat, mode, "ray")) for _ in range(args.repeat)]
+            rows += [median_run([r[0] for r in reps]), median_run([r[1] for r in reps])]
+            if args.repeat > 1:
+                print(f"|  | {mode} | {nodes} | paired ratios of the {args.repeat} repetitions (in-process, then "
+                      f"Flower, alternating): " + ", ".join(f"{a['round_s'] / b['round_s']:.2f}×" for a, b in reps)
+                      + " |  |  |  |  |  |", flush=True)
         report(rows, {**flat, "_label": "tiny LM + LoRA, 1,024 users"}, args.detail)
     if args.linear:
         flat = {**LINEAR, "train.rounds": args.rounds, **extra}

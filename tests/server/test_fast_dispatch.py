@@ -17,21 +17,29 @@ class State:
         return out
 
 
-def test_fast_dispatch_moves_messages_at_its_interval_and_restores_flowers_loop():
+def drain(loop, pending, count):
+    """Run a dispatch loop on a fake link state until `count` messages are queued: (their order, seconds)."""
+    q, stop = queue.Queue(), threading.Event()
+    t = threading.Thread(target=loop, args=(State(pending), q, {n: i for i, n in enumerate(pending)}, stop))
+    t0 = time.perf_counter()
+    t.start()
+    got = [q.get(timeout=5) for _ in range(count)]
+    waited = time.perf_counter() - t0
+    stop.set()
+    t.join(timeout=5)
+    assert not t.is_alive()
+    return got, waited
+
+
+def test_fast_dispatch_is_flowers_loop_faster_and_only_for_the_run():
     from flwr.server.superlink.fleet.vce import vce_api
 
     original = vce_api.add_messages_to_queue
+    pending = {1: ["a", "b", "d"], 2: ["c"], 3: ["e", "f"]}
+    want, slow = drain(original, pending, 6)          # Flower's own loop is the oracle: the same order
     with fast_dispatch(0.005) as applied:
         assert applied and vce_api.add_messages_to_queue is not original
-        q, stop = queue.Queue(), threading.Event()
-        state = State({1: ["a", "b"], 2: ["c"]})
-        t = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, q, {1: 0, 2: 1}, stop))
-        t0 = time.perf_counter()
-        t.start()
-        got = [q.get(timeout=2) for _ in range(3)]
-        waited = time.perf_counter() - t0
-        stop.set()
-        t.join(timeout=2)
-        assert sorted(got) == ["a", "b", "c"] and not t.is_alive()
-        assert waited < 0.09   # Flower's own loop needs a second pass 0.1 s later for node 1's second message
+        got, fast = drain(vce_api.add_messages_to_queue, pending, 6)
+    assert got == want == ["a", "c", "e", "b", "f", "d"]
+    assert slow >= 0.19 and fast < 0.1                 # three passes: 2 × 0.1 s of sleep vs 2 × 5 ms
     assert vce_api.add_messages_to_queue is original
