@@ -126,3 +126,24 @@ def test_the_device_benchmark_runs_in_its_smoke_form(autocast):
     assert set(out["rows"]) == {"plain", "els", "uls"} and out["matmul_tflops"] > 0
     for row in out["rows"].values():
         assert row["examples_per_s"] > 0 and 0 < row["fraction_of_limit"] and row["ratio_to_plain"] > 0
+
+
+def test_the_device_benchmark_builds_an_architecture_from_its_config(tmp_path):
+    """`--model shape:CONFIG.json` (experiments/gpu/run.sh's form): that architecture, random weights."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = json.loads((root / "experiments" / "gpu" / "smollm2-135m-config.json").read_text())
+    assert shipped["hidden_size"] == 576 and shipped["num_hidden_layers"] == 30  # SmolLM2-135M's shape
+    small = {**shipped, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 256}
+    (tmp_path / "config.json").write_text(json.dumps(small))
+    spec = importlib.util.spec_from_file_location("bench_gpu", root / "experiments" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", f"shape:{tmp_path / 'config.json'}", "--batch", "4", "--seq-len", "8", "--reps", "1",
+                      "--warmup", "0", "--device", "cpu", "--matmul-n", "128", "--json"])
+    assert out["model"].startswith("shape:") and out["base_params"] > 0
+    assert set(out["rows"]) == {"plain", "els", "uls"}
