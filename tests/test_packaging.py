@@ -2,6 +2,7 @@
 `clients.py` keeps its names while it uses the drop-in strategy and the library's apps."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -54,3 +55,21 @@ def test_an_app_with_its_own_server_and_clients_modules_uses_the_library(tmp_pat
     out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "the app server | the app clients | UserDPFedAvg ServerApp ClientApp"
+
+
+def test_a_source_tree_copy_imports_its_own_server_and_clients(tmp_path):
+    """A copy of the source tree that is not installed (mutation testing's mutants/): its `fl_userdp.server`
+    and `fl_userdp.clients` are the copy's server/ and clients/, not the installed ones."""
+    import shutil
+    import sysconfig
+
+    for name in ("fl_userdp", "server", "clients"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    site = sysconfig.get_paths()["purelib"]   # numpy & co., without the site's .pth files (-S)
+    code = ("import fl_userdp.server.strategy as s, fl_userdp.clients.compute as c; print(s.__file__); "
+            "print(c.__file__)")
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{site}", "PATH": os.environ["PATH"]})
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = out.stdout.split()
+    assert files == [str(tmp_path / "server" / "strategy.py"), str(tmp_path / "clients" / "compute.py")]
