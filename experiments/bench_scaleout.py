@@ -226,6 +226,7 @@ def run_once(flat: dict, mode: str, backend: str) -> dict:
         else:
             simulate.run(cfg, [mode], ray_address=flat.get("_ray_address"))
     wall = time.perf_counter() - t0
+    settle()
     rounds = ph.rounds[2:] or ph.rounds
     med = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in rounds[0]}
     node = [n for n in ph.nodes[2:] or ph.nodes]
@@ -233,6 +234,24 @@ def run_once(flat: dict, mode: str, backend: str) -> dict:
             "node_sum_s": statistics.median(sum(n) for n in node),
             "node_max_s": statistics.median(max(n) if n else 0.0 for n in node),
             "nodes": len(node[0]) if node else 0, "run_s": wall, "cpu": per_round_cpu(ph.cpu[1:])}
+
+
+def settle(timeout: float = 30.0) -> None:
+    """Wait until the processes this run started (Ray's, when it started one) have exited, so that their
+    shutdown does not run into the next measurement."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids, todo, alive = _children(), [os.getpid()], 0
+        while todo:
+            for child in kids.get(todo.pop(), []):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive += 1
+                todo.append(child)
+        if not alive:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
 
 
 def per_round_cpu(snapshots: list[dict[str, float]]) -> dict[str, float]:
@@ -303,6 +322,8 @@ def main() -> None:
     ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
     ap.add_argument("--pull-interval", type=float, help="override fl_userdp.server.app.PULL_INTERVAL_S (seconds "
                     "between the driver's polls for replies)")
+    ap.add_argument("--dispatch-interval", type=float, help="override fl_userdp.server.simulate.DISPATCH_INTERVAL_S "
+                    "(seconds between the engine's passes over the nodes' queued messages)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
@@ -310,6 +331,10 @@ def main() -> None:
         from fl_userdp.server import app
 
         app.PULL_INTERVAL_S = args.pull_interval
+    if args.dispatch_interval is not None:
+        from fl_userdp.server import simulate
+
+        simulate.DISPATCH_INTERVAL_S = args.dispatch_interval
     print(f"uptime before: {os.popen('uptime').read().strip()}")
     print(HEADER, flush=True)
     for nodes in [int(n) for n in args.nodes.split(",") if n]:

@@ -42,9 +42,10 @@ DISPATCH_INTERVAL_S = 0.005
 
 
 @contextmanager
-def fast_dispatch(interval: float = DISPATCH_INTERVAL_S):
-    """Flower's message dispatch loop at `interval` seconds instead of 0.1 s, for the duration (see above).
-    Yields whether it was applied."""
+def fast_dispatch(interval: float | None = None):
+    """Flower's message dispatch loop at `interval` seconds (default `DISPATCH_INTERVAL_S`) instead of 0.1 s,
+    for the duration (see above). Yields whether it was applied."""
+    interval = DISPATCH_INTERVAL_S if interval is None else interval
     try:
         from flwr.server.superlink.fleet.vce import vce_api
         original = vce_api.add_messages_to_queue
