@@ -91,7 +91,7 @@ class GridTransport:
                                   "sample": ArrayRecord(sample)})
             msgs.append(Message(content=content, dst_node_id=self.part2node[part], message_type=f"{MessageType.TRAIN}.{req.mode}"))
         out: dict[int, Any] = {}
-        for rep in self._send_and_receive(msgs):
+        for rep in self.grid.send_and_receive(msgs, timeout=self.timeout):
             part = self.node2part.get(rep.metadata.src_node_id)
             if part is None:
                 continue
@@ -101,24 +101,6 @@ class GridTransport:
             rnd = next(iter(requests.values())).round
             raise WorkerLost(f"round {rnd}: the Ray worker of node(s) {lost[:5]} died ({out[lost[0]].reason[:120]})")
         return out  # partitions without a reply timed out
-
-    def _send_and_receive(self, msgs: list[Message]) -> list[Message]:
-        """Flower's `send_and_receive`, except that in a simulation whose link state announces stored replies
-        (`fl_userdp.server.simulate.wake_on_stores`) it waits for that announcement instead of polling."""
-        events = getattr(getattr(self.grid, "state", None), "_fl_userdp_store_events", None)
-        if events is None or not hasattr(self.grid, "push_messages"):
-            return list(self.grid.send_and_receive(msgs, timeout=self.timeout))
-        stored = events["res"]
-        pending = set(self.grid.push_messages(msgs))
-        end, out = time.monotonic() + self.timeout, []
-        while pending and time.monotonic() < end:
-            stored.clear()   # before pulling: a reply stored meanwhile makes the wait return at once
-            got = list(self.grid.pull_messages(pending))
-            out.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending:
-                stored.wait(min(0.1, max(0.0, end - time.monotonic())))
-        return out
 
     @staticmethod
     def _parse(rep: Message) -> NodeReply | NodeFailure:

@@ -14,17 +14,14 @@ workers run with one thread (OMP_NUM_THREADS=1) unless the caller set it.
 The engine moves each round's messages from its link state to the actors' queue in a loop that sleeps
 0.1 s between passes (Flower 1.42, `vce_api.add_messages_to_queue`): on average 0.05 s of every round
 passes before any node starts, and a million-user linear round (0.08 s of compute) cannot go below 0.1 s.
-For the run's duration `fast_dispatch` replaces that loop by the same loop, woken at once when a message
-is stored (`wake_on_stores`) and otherwise passing every `DISPATCH_INTERVAL_S`, when the installed Flower
-has it as expected (else Flower is left as it is); the server's transport then also waits for stored
-replies instead of polling (`fl_userdp.server.app.GridTransport`).
+For the run's duration `fast_dispatch` replaces that loop by the same loop at `DISPATCH_INTERVAL_S`, when
+the installed Flower has it as expected (else Flower is left as it is).
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import os
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -59,46 +56,18 @@ def fast_dispatch(interval: float | None = None):
         yield False
         return
 
-    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:  # Flower's loop, woken by stores
-        stored = wake_on_stores(state)
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:  # Flower's loop, shorter sleep
         while not f_stop.is_set():
-            stored.clear()   # before the pass: a message stored during it wakes the next pass at once
             for node_id in nodes_mapping.keys():
                 for msg in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(msg)
-            stored.wait(interval)
+            f_stop.wait(interval)
 
     vce_api.add_messages_to_queue = add_messages_to_queue
     try:
         yield True
     finally:
         vce_api.add_messages_to_queue = original
-
-
-STORE_EVENTS = "_fl_userdp_store_events"
-
-
-def wake_on_stores(state) -> threading.Event:
-    """An event set whenever a message is stored in the engine's link state for the nodes
-    (`store_message_ins`), installed once per state; a second one for replies (`store_message_res`) is left
-    on the state for `fl_userdp.server.app.GridTransport`, which then waits on it instead of polling."""
-    events = getattr(state, STORE_EVENTS, None)
-    if events is None:
-        events = {"ins": threading.Event(), "res": threading.Event()}
-        if not all(callable(getattr(state, n, None)) for n in ("store_message_ins", "store_message_res")):
-            return events["ins"]   # not the state we know: never set, the loop polls at its interval
-        for kind, name in (("ins", "store_message_ins"), ("res", "store_message_res")):
-            store = getattr(state, name)
-
-            def storing(*args, _store=store, _event=events[kind], **kwargs):
-                try:
-                    return _store(*args, **kwargs)
-                finally:
-                    _event.set()
-
-            setattr(state, name, storing)
-        setattr(state, STORE_EVENTS, events)
-    return events["ins"]
 
 
 @contextmanager

@@ -43,35 +43,3 @@ def test_fast_dispatch_is_flowers_loop_faster_and_only_for_the_run():
     assert got == want == ["a", "c", "e", "b", "f", "d"]
     assert slow >= 0.19 and fast < 0.1                 # three passes: 2 × 0.1 s of sleep vs 2 × 5 ms
     assert vce_api.add_messages_to_queue is original
-
-
-def test_a_stored_message_wakes_the_dispatch_and_a_stored_reply_the_server():
-    """With the link state's stores announced, the loop may sleep long and still dispatch at once."""
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    from fl_userdp.server.simulate import STORE_EVENTS
-
-    class Stored(State):
-        def store_message_ins(self, msg):
-            self.pending[msg[0]].append(msg)
-
-        def store_message_res(self, msg):
-            self.replies.append(msg)
-
-    state = Stored({1: [], 2: []})
-    state.replies = []
-    q, stop = queue.Queue(), threading.Event()
-    with fast_dispatch(2.0):                         # a pass every 2 s unless woken
-        t = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, q, {1: 0, 2: 1}, stop))
-        t.start()
-        time.sleep(0.2)
-        t0 = time.perf_counter()
-        state.store_message_ins((2, "x"))
-        assert q.get(timeout=2) == (2, "x") and time.perf_counter() - t0 < 0.5
-        res = getattr(state, STORE_EVENTS)["res"]
-        res.clear()
-        state.store_message_res("reply")
-        assert res.is_set() and state.replies == ["reply"]
-        stop.set()
-        t.join(timeout=5)
-        assert not t.is_alive()
