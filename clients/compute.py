@@ -137,7 +137,7 @@ class Worker:
 
     def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
             with_loss: bool = True) -> Contribution:
-        from fl_userdp.local.updates import uls_clipped_sum
+        from fl_userdp.local.updates import flat_numpy, uls_clipped_sum
 
         k, t = cfg.privacy.max_examples_per_user, cfg.train
         self.prefetch(users)
@@ -151,14 +151,14 @@ class Worker:
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
             per = np.concatenate([np.full(len(d), 1.0 / max(len(d), 1)) for d in data])
-            loss = float(torch_cat_numpy(losses) @ per) if losses is not None else \
+            loss = float(flat_numpy(losses) @ per) if losses is not None else \
                 self._loss_sum(np.concatenate(data), per)
         return Contribution(total, len(data), int(sum(len(d) for d in data)), clipped, loss)
 
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
             example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
         from fl_userdp.local.model import set_trainable
-        from fl_userdp.local.updates import els_clipped_sum
+        from fl_userdp.local.updates import els_clipped_sum, flat_numpy
 
         set_trainable(self.model, weights)
         self.prefetch(users)
@@ -167,7 +167,7 @@ class Worker:
         losses = [] if with_loss else None  # from the gradients' own forward, no second pass
         total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id,
                                          autocast=cfg.model.autocast == "bf16", losses=losses)
-        loss = float(torch_cat_numpy(losses).sum()) if with_loss and len(examples) else None
+        loss = float(flat_numpy(losses).sum()) if with_loss and len(examples) else None
         return Contribution(total, len(parts), int(len(examples)), clipped, loss)
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:
@@ -181,13 +181,6 @@ class Worker:
                 if len(rows) else rows
         set_trainable(self.model, weights)
         return eval_loss(self.model, self._heldout[n], pad_id=self.pad_id)
-
-
-def torch_cat_numpy(parts: list) -> np.ndarray:
-    """Concatenated float64 numpy vector of a list of 1-D tensors (the per-example losses of the chunks)."""
-    import torch
-
-    return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
 
 
 # -- the linear task (numpy only) ---------------------------------------------------------------------------

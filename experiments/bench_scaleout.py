@@ -57,16 +57,21 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (from /proc, by parent PID)."""
+    kids, todo, out = _children(), [pid], []
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def cpu_by_process() -> dict[str, float]:
     """CPU seconds (user + system) so far: this driver process, its ClientApp actors, its other descendants."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = defaultdict(float)
-    kids, todo, seen = _children(), [os.getpid()], []
-    while todo:
-        pid = todo.pop()
-        seen.append(pid)
-        todo.extend(kids.get(pid, []))
-    for pid in seen:
+    for pid in [os.getpid(), *descendants(os.getpid())]:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             secs = (int(fields[11]) + int(fields[12])) / tick
@@ -241,13 +246,10 @@ def settle(timeout: float = 30.0) -> None:
     shutdown does not run into the next measurement."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids, todo, alive = _children(), [os.getpid()], 0
-        while todo:
-            for child in kids.get(todo.pop(), []):
-                with contextlib.suppress(OSError):
-                    if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                        alive += 1
-                todo.append(child)
+        alive = 0
+        for child in descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                alive += Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         if not alive:
             break
         time.sleep(0.5)

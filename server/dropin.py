@@ -267,8 +267,8 @@ class UserDPFedAvg(Strategy):
         """Log rejections; count a round where more than max_failed_fraction of the sampled nodes failed or
         were rejected (every reply rejected included); stop after max_failed_rounds such rounds in a row."""
         if rejected:
-            log(WARNING, "UserDPFedAvg: round %d: %d of %d replies rejected (first: %s)", rnd, rejected,
-                requested, reasons[0])
+            log(WARNING, "UserDPFedAvg: round %d: %d of %d replies rejected (first: %s) [diagnostic: from the replies, "
+                "outside the guarantee]", rnd, rejected, requested, reasons[0])
         if requested and bad / requested > self.max_failed_fraction:
             self.failed_streak += 1
             if self.failed_streak >= self.max_failed_rounds:
@@ -277,7 +277,8 @@ class UserDPFedAvg(Strategy):
                                     f"{self.max_failed_fraction:g} of the sampled nodes failed or rejected "
                                     f"(round {rnd}: {bad} of {requested}){why}; stopped after round {rnd}, "
                                     f"epsilon {_fmt_eps(self.epsilon)}")
-                log(ERROR, "UserDPFedAvg: %s", self.stop_reason)
+                log(ERROR, "UserDPFedAvg: %s [the stop's point depends on the replies: outside the guarantee]",
+                    self.stop_reason)
         else:
             self.failed_streak = 0
 

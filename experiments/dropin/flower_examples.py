@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import math
 import os
 import re
@@ -95,12 +96,17 @@ def superlinks_of(home: Path) -> list[int]:
 def stop_superlinks(home: Path, grace: float = 30.0) -> None:
     """SIGTERM the SuperLinks that `flwr run` started under `home` (by PID), SIGKILL what is left after `grace` s."""
     for pid in superlinks_of(home):
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while superlinks_of(home) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in superlinks_of(home):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while superlinks_of(home) and time.monotonic() < deadline:  # a killed process leaves /proc a moment later
+        time.sleep(0.1)
 
 
 def make_tiny_bert(path: Path) -> Path:

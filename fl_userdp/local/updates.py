@@ -223,7 +223,8 @@ def per_example_grads(model: nn.Module, tokens: torch.Tensor, method: str = DEFA
             p.grad = None
 
 
-def _flat_cpu(tensors: list[torch.Tensor]) -> np.ndarray:
+def flat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
+    """The tensors flattened and concatenated, as one float64 numpy vector on the host."""
     if not tensors:
         return np.zeros(0)
     return torch.cat([t.reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
@@ -324,7 +325,7 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     params = [p for _, p in trainable_params(model)]
     total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     if not user_examples:
-        return _flat_cpu(total), 0, []
+        return flat_numpy(total), 0, []
     if update == "gradient":
         per_user = _user_mean_grads(model, user_examples, chunk_size, method, pad_id, autocast, losses)  # (U, d_p)
     else:
@@ -357,7 +358,7 @@ def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float) -
 
 def from_grid_units(sums: list[torch.Tensor], clip_norm: float) -> np.ndarray:
     """Flat float64 numpy vector of grid-unit sums (exact: the unit is a power of two)."""
-    return np.ldexp(_flat_cpu(sums), -grid_exponent(clip_norm))
+    return np.ldexp(flat_numpy(sums), -grid_exponent(clip_norm))
 
 
 @torch.no_grad()
@@ -382,4 +383,4 @@ def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64, pad_
 
 
 __all__ = ["per_example_loss", "target_mask", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
-           "clip_factors", "grid_units", "from_grid_units", "get_trainable", "set_trainable"]
+           "clip_factors", "grid_units", "from_grid_units", "flat_numpy", "get_trainable", "set_trainable"]

@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from ray_procs import stop_superlinks, superlinks_of
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "experiments" / "dropin"))
+from flower_examples import flwr_env, stop_superlinks, superlinks_of  # noqa: E402  (the `flwr run` helpers)
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", "")}
 
 pytestmark = pytest.mark.slow
@@ -69,9 +71,7 @@ def test_flwr_run_as_printed(tmp_path):
     cmd = flwr_command()
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
-    env = {**ENV, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = flwr_env(home)
     try:
         out = subprocess.run([str(BIN / "flwr"), *cmd[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
