@@ -2,11 +2,11 @@
 
 Every message carries what the node needs: the flat run config
 (ConfigRecord "config", plus "round"), the current trainable weights
-(ArrayRecord "weights", keys in trainable order) and the sample
+(ArrayRecord "weights": one flat array, `fl_userdp.messages`) and the sample
 (ArrayRecord "sample": "users"; for ELS also "offsets" and "example-ids",
 CSR over the node's sampled users). The reply holds the node's sum of
-clipped contributions (ArrayRecord "update", float64, shaped like the
-trainables) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
+clipped contributions (ArrayRecord "update": one flat float64 array in
+trainable order) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
 seconds, max-rss-mb: the node process's peak resident memory). Model and corpus are cached per worker process
 (`fl_userdp.clients.compute.worker_for`).
 """
@@ -17,8 +17,10 @@ import resource
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+from fl_userdp.messages import flat_record, split_record
 
 from .compute import Contribution, config_from_flat, worker_for
 
@@ -30,8 +32,8 @@ _META_KEYS = ("round",)
 def _inputs(msg: Message):
     flat = {k: v for k, v in msg.content["config"].items() if k not in _META_KEYS}
     cfg = config_from_flat(flat)
-    weights = [a.numpy() for a in msg.content["weights"].values()]
-    return cfg, worker_for(cfg), weights
+    worker = worker_for(cfg)
+    return cfg, worker, split_record(msg.content["weights"], worker.shapes)
 
 
 def _shard_check(users: np.ndarray, cfg, context: Context) -> None:
@@ -41,9 +43,8 @@ def _shard_check(users: np.ndarray, cfg, context: Context) -> None:
         raise ValueError(f"node {pid} hosts users [{pid * U}, {(pid + 1) * U}), asked for {users.min()}..{users.max()}")
 
 
-def _reply(msg: Message, c: Contribution, shapes, t0: float) -> Message:
-    parts = np.split(c.total, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
-    update = ArrayRecord({f"{i:04d}": Array(np.ascontiguousarray(p.reshape(s))) for i, (p, s) in enumerate(zip(parts, shapes))})
+def _reply(msg: Message, c: Contribution, t0: float) -> Message:
+    update = flat_record(np.asarray(c.total, np.float64))
     metrics = {"users": c.users, "examples": c.examples, "clipped": c.clipped, "seconds": time.perf_counter() - t0,
                "max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
     if c.loss_sum is not None:
@@ -58,7 +59,7 @@ def train_uls(msg: Message, context: Context) -> Message:
     users = msg.content["sample"]["users"].numpy().astype(np.int64)
     _shard_check(users, cfg, context)
     c = worker.uls(cfg, weights, int(msg.content["config"]["round"]), users)
-    return _reply(msg, c, worker.shapes, t0)
+    return _reply(msg, c, t0)
 
 
 @app.train("els")
@@ -69,7 +70,7 @@ def train_els(msg: Message, context: Context) -> Message:
     users = s["users"].numpy().astype(np.int64)
     _shard_check(users, cfg, context)
     c = worker.els(cfg, weights, users, s["offsets"].numpy().astype(np.int64), s["example-ids"].numpy().astype(np.int64))
-    return _reply(msg, c, worker.shapes, t0)
+    return _reply(msg, c, t0)
 
 
 @app.evaluate()

@@ -17,8 +17,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
+from fl_userdp.messages import flat_record, split_record
 
 from .runner import ModeResult, Setup, prepare, run_mode
+from .simulate import STORE_EVENTS, WAKE_FALLBACK_S
 from .strategy import NodeFailure, NodeReply, NodeRequest, with_mode
 
 NODE_WAIT_S = 120.0
@@ -61,10 +63,6 @@ def discover(grid: Grid, count: int, timeout: float) -> dict[int, int]:
     return part2node
 
 
-def _weights_record(weights: list[np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({f"{i:04d}": Array(np.ascontiguousarray(w)) for i, w in enumerate(weights)})
-
-
 class GridTransport:
     """Sends each node its request with the weights; errors and timeouts become NodeFailure."""
 
@@ -81,8 +79,9 @@ class GridTransport:
         return ConfigRecord({**self.flat, **extra, "round": int(rnd)})
 
     def __call__(self, requests: Mapping[int, NodeRequest], weights: list[np.ndarray]) -> dict[int, Any]:
-        wrec, msgs = _weights_record(weights), []
-        for part, req in requests.items():
+        wrec, msgs = flat_record(weights), []
+        shapes = [np.shape(w) for w in weights]
+        for part, req in sorted(requests.items(), key=lambda pr: -pr[1].count):   # heaviest nodes first
             sample = {"users": Array(np.asarray(req.users, np.int64))}
             if req.mode == "els":
                 sample["offsets"] = Array(np.asarray(req.offsets, np.int64))
@@ -91,24 +90,42 @@ class GridTransport:
                                   "sample": ArrayRecord(sample)})
             msgs.append(Message(content=content, dst_node_id=self.part2node[part], message_type=f"{MessageType.TRAIN}.{req.mode}"))
         out: dict[int, Any] = {}
-        for rep in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        for rep in self._send_and_receive(msgs):
             part = self.node2part.get(rep.metadata.src_node_id)
             if part is None:
                 continue
-            out[part] = self._parse(rep)
+            out[part] = self._parse(rep, shapes)
         lost = [p for p, r in out.items() if isinstance(r, NodeFailure) and worker_lost(r.reason)]
         if lost:
             rnd = next(iter(requests.values())).round
             raise WorkerLost(f"round {rnd}: the Ray worker of node(s) {lost[:5]} died ({out[lost[0]].reason[:120]})")
         return out  # partitions without a reply timed out
 
+    def _send_and_receive(self, msgs: list[Message]) -> list[Message]:
+        """Flower's `send_and_receive`, except that in a simulation whose link state announces stored replies
+        (`fl_userdp.server.simulate.wake_on_stores`) it waits for that announcement instead of polling."""
+        events = getattr(getattr(self.grid, "state", None), STORE_EVENTS, None)
+        if events is None or not hasattr(self.grid, "push_messages"):
+            return list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        stored = events["res"]
+        pending = set(self.grid.push_messages(msgs))
+        end, out = time.monotonic() + self.timeout, []
+        while pending and time.monotonic() < end:
+            stored.clear()   # before pulling: a reply stored meanwhile makes the wait return at once
+            got = list(self.grid.pull_messages(pending))
+            out.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending:
+                stored.wait(min(WAKE_FALLBACK_S, max(0.0, end - time.monotonic())))
+        return out
+
     @staticmethod
-    def _parse(rep: Message) -> NodeReply | NodeFailure:
+    def _parse(rep: Message, shapes: list[tuple[int, ...]]) -> NodeReply | NodeFailure:
         if rep.has_error():
             return NodeFailure(f"{rep.error.code}: {(rep.error.reason or '')[:300]}")
         try:
             m = rep.content["metrics"]
-            return NodeReply([a.numpy() for a in rep.content["update"].values()], int(m["users"]),
+            return NodeReply(split_record(rep.content["update"], shapes), int(m["users"]),
                              int(m["examples"]), int(m["clipped"]),
                              float(m["loss-sum"]) if "loss-sum" in m else None)
         except Exception as err:  # malformed reply: counted as a failure, never applied
@@ -116,7 +133,7 @@ class GridTransport:
 
     def evaluate(self, weights: list[np.ndarray]) -> float | None:
         """Held-out loss, computed by the node of partition 0 (any node holds the held-out set)."""
-        content = RecordDict({"config": self._config(0), "weights": _weights_record(weights)})
+        content = RecordDict({"config": self._config(0), "weights": flat_record(weights)})
         msg = Message(content=content, dst_node_id=self.part2node[0], message_type=MessageType.EVALUATE)
         for rep in self.grid.send_and_receive([msg], timeout=self.timeout):
             if not rep.has_error():

@@ -92,7 +92,8 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
 
     timing = [TimeElapsedColumn()] if publish else []  # timings are diagnostics
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), *timing, console=console, disable=a.no_progress)
+                        TextColumn("{task.fields[info]}"), *timing, console=console, disable=a.no_progress,
+                        refresh_per_second=2)  # rich's 10 redraws per second took CPU from a round
     tasks = {m: progress.add_task(f"{m.upper()} rounds", total=cfg.train.rounds, info="", start=False) for m in modes}
 
     def on_mode(mode: str, sigma: float) -> None:

@@ -133,3 +133,57 @@ def test_failing_nodes_through_the_real_client_app(task_identity, mode):
 def _weights(s: UserDPStrategy, flat: np.ndarray) -> list[np.ndarray]:
     parts = np.split(flat, np.cumsum(s.sizes)[:-1])
     return [w.reshape(sh).astype(d) for w, sh, d in zip(parts, s.shapes, s.dtypes)]
+
+
+def test_the_transport_sends_heaviest_first_and_waits_for_announced_replies(task_identity, monkeypatch):
+    """In a simulation whose link state announces stored replies, the transport waits on that announcement
+    (no 5 ms polling of the link state while the nodes work) and pushes the nodes with most records first."""
+    import threading
+    import time
+
+    from fl_userdp.server import app as server_app
+    from fl_userdp.server.simulate import STORE_EVENTS
+    from fl_userdp.server.strategy import NodeRequest
+
+    monkeypatch.setattr(server_app, "WAKE_FALLBACK_S", 5.0)   # the clock alone would not collect in time
+
+    class State:
+        pass
+
+    class AnnouncingGrid:
+        def __init__(self):
+            self.state = State()
+            setattr(self.state, STORE_EVENTS, {"ins": threading.Event(), "res": threading.Event()})
+            self.pushed, self.stored, self.pulls = [], [], 0
+
+        def push_messages(self, messages):
+            ids = []
+            for msg in messages:
+                msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                self.pushed.append(msg)
+                ids.append(msg.metadata.message_id)
+
+            def answer():
+                for msg in self.pushed:
+                    time.sleep(0.05)
+                    self.stored.append(Message(Error(code=ErrorCode.UNKNOWN, reason="test"), reply_to=msg))
+                    getattr(self.state, STORE_EVENTS)["res"].set()
+            threading.Thread(target=answer).start()
+            return ids
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            got, self.stored = [m for m in self.stored if m.metadata.reply_to_message_id in ids], \
+                [m for m in self.stored if m.metadata.reply_to_message_id not in ids]
+            return got
+
+    cfg = tiny_cfg("uls")
+    grid = AnnouncingGrid()
+    transport = GridTransport(grid, {p: node_id(p) for p in range(4)}, cfg)
+    requests = {p: NodeRequest("uls", 1, np.arange(n) + 2 * p) for p, n in enumerate([1, 3, 0, 2])}
+    t0 = time.perf_counter()
+    replies = transport(requests, [np.zeros(3)])
+    assert time.perf_counter() - t0 < 2.0
+    assert sorted(replies) == [0, 1, 2, 3] and all(isinstance(r, NodeFailure) for r in replies.values())
+    assert [(m.metadata.dst_node_id - 1000) // 17 for m in grid.pushed] == [1, 3, 0, 2]   # most users first
+    assert grid.pulls <= 2 * 4 + 1    # woken by the four stores (polling at 5 ms: ~40 pulls in 0.2 s)
