@@ -17,6 +17,7 @@ rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cor
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --nodes 8 --modes els --detail   # + per-phase breakdown
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --linear        # + the linear task at 10^6 users
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --two-raylets   # + Flower on two raylets on loopback
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --polling       # + Flower with the engine polling (before)
 
 With --two-raylets a Ray head and a second Ray node (one CPU each, own temp dir, free ports) are started on
 127.0.0.1 (stopped by PID at the end), and each Flower run is repeated attached to them (`sim.ray-address`):
@@ -32,6 +33,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -92,6 +94,9 @@ class Phases:
         self._node_secs: list[float] = []
         self._wrapped: set[int] = set()
         self.cpu: list[dict[str, float]] = []
+        self.idle: list[dict[str, float]] = []   # Flower only: the actors' idle time per round, by cause
+        self._calls: list[tuple[int, float, float, float]] = []
+        self._window = (0.0, 0.0)
 
     def timer(self, name: str, fn):
         def wrapped(*a, **kw):
@@ -122,6 +127,8 @@ class Phases:
                       (compute.Worker, "examples_of", "node: rows (generate / cache)"),
                       (model, "set_trainable", "node: weights in"), (updates, "set_trainable", "node: weights in")]
         saved += [(obj, name, getattr(obj, name)) for obj, name, _ in node_steps]
+        from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+        saved.append((RayBackend, "process_message", RayBackend.process_message))   # last: saved[-1]
         me = self
 
         def run_round(s, *a, **kw):
@@ -139,13 +146,32 @@ class Phases:
             me.rounds.append(dict(me._cur))
             me.nodes.append(list(me._node_secs))
             me.cpu.append(cpu_by_process())  # after the round: per-round CPU per process from the differences
+            if me._calls:
+                me.idle.append(actor_idle(me._calls, *me._window))
+            me._calls = []
             return rec
 
-        def parse(rep):
+        def grid_call(t, *a, **kw):
+            w0 = time.monotonic()
+            try:
+                return saved[5][2](t, *a, **kw)
+            finally:
+                me._window = (w0, time.monotonic())
+
+        def process_message(backend, message, context):   # one per node, in the engine's worker threads
+            t0 = time.monotonic()
+            out = saved[-1][2](backend, message, context)
+            secs = float("nan")
+            with contextlib.suppress(Exception):
+                secs = float(out[0].content["metrics"]["seconds"])
+            me._calls.append((threading.get_ident(), t0, time.monotonic(), secs))
+            return out
+
+        def parse(rep, *a, **kw):
             with contextlib.suppress(Exception):
                 if not rep.has_error():
                     me._node_secs.append(float(rep.content["metrics"]["seconds"]))
-            return saved[6][2](rep)
+            return saved[6][2](rep, *a, **kw)
 
         def inproc_call(t, requests, weights):
             out = {}
@@ -162,7 +188,8 @@ class Phases:
         S.sample = self.timer("sample (this round's, or the next one's ahead)", S.sample)
         strategy.release = self.timer("noise + release", strategy.release)
         strategy.release_rng = self.timer("noise key", strategy.release_rng)
-        app.GridTransport.__call__ = self.timer("transport (send → last reply)", app.GridTransport.__call__)
+        app.GridTransport.__call__ = self.timer("transport (send → last reply)", grid_call)
+        RayBackend.process_message = process_message
         app.GridTransport._parse = staticmethod(parse)
         inprocess.InProcessTransport.__call__ = self.timer("transport (send → last reply)", inproc_call)
         try:
@@ -170,6 +197,27 @@ class Phases:
         finally:
             for obj, name, fn in saved:
                 setattr(obj, name, staticmethod(fn) if name == "_parse" else fn)
+
+
+def actor_idle(calls: list[tuple[int, float, float, float]], start: float, end: float) -> dict[str, float]:
+    """Where the actors' time in one round's transport went that was not node compute, summed over the engine's
+    worker threads (one per actor; each runs one node at a time): `calls` = (thread, submitted, returned, node
+    seconds) per node, `start`/`end` = the transport call."""
+    out = {"before the first node": 0.0, "between nodes (driver hand-off)": 0.0,
+           "per node in Ray and Flower (submit → result − node compute)": 0.0,
+           "after the last node (waiting for the slowest)": 0.0}
+    threads: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for tid, t0, t1, secs in calls:
+        if start <= t0 <= end:
+            threads[tid].append((t0, t1, secs))
+    for seq in threads.values():
+        seq.sort()
+        out["before the first node"] += seq[0][0] - start
+        out["between nodes (driver hand-off)"] += sum(b[0] - a[1] for a, b in zip(seq, seq[1:]))
+        out["per node in Ray and Flower (submit → result − node compute)"] += sum(t1 - t0 - s for t0, t1, s in seq
+                                                                                if s == s)
+        out["after the last node (waiting for the slowest)"] += end - seq[-1][1]
+    return out
 
 
 # -- one run ------------------------------------------------------------------------------------------------
@@ -238,7 +286,8 @@ def run_once(flat: dict, mode: str, backend: str) -> dict:
     return {"backend": backend, "mode": mode, "round_s": med["round"], "phases": med,
             "node_sum_s": statistics.median(sum(n) for n in node),
             "node_max_s": statistics.median(max(n) if n else 0.0 for n in node),
-            "nodes": len(node[0]) if node else 0, "run_s": wall, "cpu": per_round_cpu(ph.cpu[1:])}
+            "nodes": len(node[0]) if node else 0, "run_s": wall, "cpu": per_round_cpu(ph.cpu[1:]),
+            "idle": {k: statistics.median(r[k] for r in ph.idle[2:] or ph.idle) for k in (ph.idle or [{}])[0]}}
 
 
 def settle(timeout: float = 30.0) -> None:
@@ -303,6 +352,10 @@ def report(rows: list[dict], flat: dict, detail: bool) -> None:
                           f"{r['node_sum_s'] - sum(node.values()):.4f}")
                 print(f"  nodes per round {r['nodes']}: Σ node compute {r['node_sum_s']:.3f} s, slowest node "
                       f"{r['node_max_s']:.3f} s")
+                if r.get("idle"):
+                    print("  the actors' time that was not node compute (actor-seconds per round, all actors):")
+                    for k, v in r["idle"].items():
+                        print(f"    {k:<64} {v:.4f}")
                 print("  CPU seconds per round (median, rounds 3..): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["cpu"].items()))
                       + f" (of {os.cpu_count()} cores × {r['round_s']:.3f} s); whole run {r['run_s']:.1f} s wall\n")
@@ -322,10 +375,12 @@ def main() -> None:
     ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
     ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
     ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
+    ap.add_argument("--polling", action="store_true", help="also Flower with the engine's dispatch loop and the "
+                    "server's reply collection polling the link state (8 nodes), as before they waited on its stores")
     ap.add_argument("--pull-interval", type=float, help="override fl_userdp.server.app.PULL_INTERVAL_S (seconds "
-                    "between the driver's polls for replies)")
+                    "between the driver's polls for replies, where it polls)")
     ap.add_argument("--dispatch-interval", type=float, help="override fl_userdp.server.simulate.DISPATCH_INTERVAL_S "
-                    "(seconds between the engine's passes over the nodes' queued messages)")
+                    "(seconds between the engine's passes over the nodes' queued messages, where it polls)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
@@ -364,6 +419,21 @@ def main() -> None:
                 print(f"| two raylets on loopback (1 CPU each), 8 nodes | {mode} | {ip['round_s']:.3f} | "
                       f"{two['round_s']:.3f} | **{ip['round_s'] / two['round_s']:.2f}×** | Σ node "
                       f"{two['node_sum_s']:.3f} | slowest {two['node_max_s']:.3f} |", flush=True)
+    if args.polling:
+        from fl_userdp.server import simulate
+
+        flat = {**BASE, "sim.users-per-node": 128, "train.rounds": args.rounds, **extra}
+        for mode in args.modes.split(","):
+            ip = run_once(flat, mode, "inprocess")
+            simulate.WAKE_ON_STORES = False
+            try:
+                polled = run_once(flat, mode, "ray")
+            finally:
+                simulate.WAKE_ON_STORES = True
+            print(f"| Flower, engine and server polling every {simulate.DISPATCH_INTERVAL_S * 1e3:g} ms, 8 nodes | "
+                  f"{mode} | {ip['round_s']:.3f} | {polled['round_s']:.3f} | **{ip['round_s'] / polled['round_s']:.2f}×**"
+                  f" | Σ node {polled['node_sum_s']:.3f} | driver CPU/round {polled['cpu'].get('driver', 0):.3f} |",
+                  flush=True)
     print(f"uptime after: {os.popen('uptime').read().strip()}")
 
 
