@@ -18,6 +18,7 @@ rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cor
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --linear        # + the linear task at 10^6 users
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --two-raylets   # + Flower on two raylets on loopback
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --polling       # + Flower with the engine polling (before)
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --ceiling       # + two in-process runs at once vs one
 
 With --two-raylets a Ray head and a second Ray node (one CPU each, own temp dir, free ports) are started on
 127.0.0.1 (stopped by PID at the end), and each Flower run is repeated attached to them (`sim.ray-address`):
@@ -290,6 +291,32 @@ def run_once(flat: dict, mode: str, backend: str) -> dict:
             "idle": {k: statistics.median(r[k] for r in ph.idle[2:] or ph.idle) for k in (ph.idle or [{}])[0]}}
 
 
+def inprocess_copies(flat: dict, mode: str, copies: int) -> list[float]:
+    """Median round seconds (rounds 3..) of `copies` in-process runs (`fl-userdp run --backend inprocess`)
+    started at once, each in its own process: one copy alone vs two at once shows what the 2 cores give a
+    one-process round at this moment (shared caches, memory bandwidth, the host's own load), the ceiling
+    against which Flower's ratio is read."""
+    import json
+    import subprocess
+
+    cli = str(Path(sys.executable).with_name("fl-userdp"))
+    outs, procs = [], []
+    for _ in range(copies):
+        out = tempfile.mkdtemp(prefix="fl-userdp-ceiling-")
+        sets = [a for k, v in flat.items() if not k.startswith("_") for a in ("--set", f"{k}={v}")]
+        procs.append(subprocess.Popen([cli, "run", "--mode", mode, "--backend", "inprocess", "--out", out,
+                                       "--no-progress", *sets], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        outs.append(out)
+    secs = []
+    for proc, out in zip(procs, outs):
+        if proc.wait() != 0:
+            raise RuntimeError(f"an in-process copy failed (exit {proc.returncode})")
+        rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+        secs.append(statistics.median(r["diagnostics"]["wall_time"] for r in rows if r["round"] >= 3))
+    return secs
+
+
 def settle(timeout: float = 30.0) -> None:
     """Wait until the processes this run started (Ray's, when it started one) have exited, so that their
     shutdown does not run into the next measurement."""
@@ -375,6 +402,8 @@ def main() -> None:
     ap.add_argument("--detail", action="store_true", help="per-phase breakdown and CPU per process")
     ap.add_argument("--linear", action="store_true", help="also the linear task at 10^6 users (8 nodes)")
     ap.add_argument("--two-raylets", action="store_true", help="also Flower on two raylets on loopback (8 nodes)")
+    ap.add_argument("--ceiling", action="store_true", help="also what the 2 cores give a one-process round now: "
+                    "one in-process run alone vs two at once, alternating, --repeat times (8 nodes)")
     ap.add_argument("--polling", action="store_true", help="also Flower with the engine's dispatch loop and the "
                     "server's reply collection polling the link state (8 nodes), as before they waited on its stores")
     ap.add_argument("--pull-interval", type=float, help="override fl_userdp.server.app.PULL_INTERVAL_S (seconds "
@@ -419,6 +448,19 @@ def main() -> None:
                 print(f"| two raylets on loopback (1 CPU each), 8 nodes | {mode} | {ip['round_s']:.3f} | "
                       f"{two['round_s']:.3f} | **{ip['round_s'] / two['round_s']:.2f}×** | Σ node "
                       f"{two['node_sum_s']:.3f} | slowest {two['node_max_s']:.3f} |", flush=True)
+    if args.ceiling:
+        flat = {**BASE, "sim.users-per-node": 128, "train.rounds": args.rounds, **extra}
+        for mode in args.modes.split(","):
+            pairs = []
+            for _ in range(args.repeat):
+                alone = inprocess_copies(flat, mode, 1)[0]
+                both = inprocess_copies(flat, mode, 2)
+                pairs.append((alone, statistics.mean(both)))
+            ceil = [2 * a / b for a, b in pairs]
+            print(f"| two in-process runs at once vs one alone, 8 nodes | {mode} | alone "
+                  f"{statistics.median(a for a, _ in pairs):.3f} | two at once {statistics.median(b for _, b in pairs):.3f} "
+                  f"each | **{statistics.median(ceil):.2f}×** the work per second (the ceiling for Flower's ratio); "
+                  f"per repetition " + ", ".join(f"{c:.2f}×" for c in ceil) + " |", flush=True)
     if args.polling:
         from fl_userdp.server import simulate
 
