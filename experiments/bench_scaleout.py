@@ -19,6 +19,7 @@ rounds 3.. (rounds 1–2 warm the workers), the ratio in-process / Flower (2 cor
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --two-raylets   # + Flower on two raylets on loopback
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --polling       # + Flower with the engine polling (before)
     OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --ceiling       # + two in-process runs at once vs one
+    OMP_NUM_THREADS=1 python experiments/bench_scaleout.py --ray-defaults  # + Flower with Ray's 100 KiB inline limit
 
 With --two-raylets a Ray head and a second Ray node (one CPU each, own temp dir, free ports) are started on
 127.0.0.1 (stopped by PID at the end), and each Flower run is repeated attached to them (`sim.ray-address`):
@@ -81,6 +82,13 @@ def cpu_by_process() -> dict[str, float]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             key = "driver" if pid == os.getpid() else "actors" if b"ClientAppActor" in cmd else "other ray"
             out[key] += secs
+            for tid in os.listdir(f"/proc/{pid}/task"):   # context switches, every thread of the process
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+                    out[f"wakeups: {key}"] += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+                    if key == "actors" and tid == str(pid):   # the actor's main thread: the node's compute
+                        out["preempted: actors' main threads"] += int(
+                            status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
     return dict(out)
 
 
@@ -383,8 +391,13 @@ def report(rows: list[dict], flat: dict, detail: bool) -> None:
                     print("  the actors' time that was not node compute (actor-seconds per round, all actors):")
                     for k, v in r["idle"].items():
                         print(f"    {k:<64} {v:.4f}")
+                cpu = {k: v for k, v in r["cpu"].items() if ":" not in k}
+                switches = {k: v for k, v in r["cpu"].items() if ":" in k}
+                if switches:
+                    print("  context switches per round (median, rounds 3..; wakeups = voluntary, all threads): "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in sorted(switches.items())))
                 print("  CPU seconds per round (median, rounds 3..): "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["cpu"].items()))
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(cpu.items()))
                       + f" (of {os.cpu_count()} cores × {r['round_s']:.3f} s); whole run {r['run_s']:.1f} s wall\n")
 
 
@@ -406,6 +419,8 @@ def main() -> None:
                     "one in-process run alone vs two at once, alternating, --repeat times (8 nodes)")
     ap.add_argument("--polling", action="store_true", help="also Flower with the engine's dispatch loop and the "
                     "server's reply collection polling the link state (8 nodes), as before they waited on its stores")
+    ap.add_argument("--ray-defaults", action="store_true", help="also Flower with Ray's default inline limit for "
+                    "task arguments and results (fl_userdp.server.simulate.INLINE_OBJECT_BYTES: 1 MiB), 8 nodes")
     ap.add_argument("--pull-interval", type=float, help="override fl_userdp.server.app.PULL_INTERVAL_S (seconds "
                     "between the driver's polls for replies, where it polls)")
     ap.add_argument("--dispatch-interval", type=float, help="override fl_userdp.server.simulate.DISPATCH_INTERVAL_S "
@@ -461,21 +476,29 @@ def main() -> None:
                   f"{statistics.median(a for a, _ in pairs):.3f} | two at once {statistics.median(b for _, b in pairs):.3f} "
                   f"each | **{statistics.median(ceil):.2f}×** the work per second (the ceiling for Flower's ratio); "
                   f"per repetition " + ", ".join(f"{c:.2f}×" for c in ceil) + " |", flush=True)
-    if args.polling:
-        from fl_userdp.server import simulate
+    from fl_userdp.server import simulate
 
+    variants = {"polling": (f"Flower, engine and server polling every {simulate.DISPATCH_INTERVAL_S * 1e3:g} ms",
+                            "WAKE_ON_STORES", False),
+                "ray_defaults": ("Flower, Ray's default inline limit (100 KiB: weights via its object store)",
+                                 "INLINE_OBJECT_BYTES", 100 * 1024)}
+    for name, (label, attr, value) in variants.items():
+        if not getattr(args, name):
+            continue
         flat = {**BASE, "sim.users-per-node": 128, "train.rounds": args.rounds, **extra}
         for mode in args.modes.split(","):
             ip = run_once(flat, mode, "inprocess")
-            simulate.WAKE_ON_STORES = False
+            saved = getattr(simulate, attr)
+            setattr(simulate, attr, value)
             try:
-                polled = run_once(flat, mode, "ray")
+                other = run_once(flat, mode, "ray")
             finally:
-                simulate.WAKE_ON_STORES = True
-            print(f"| Flower, engine and server polling every {simulate.DISPATCH_INTERVAL_S * 1e3:g} ms, 8 nodes | "
-                  f"{mode} | {ip['round_s']:.3f} | {polled['round_s']:.3f} | **{ip['round_s'] / polled['round_s']:.2f}×**"
-                  f" | Σ node {polled['node_sum_s']:.3f} | driver CPU/round {polled['cpu'].get('driver', 0):.3f} |",
-                  flush=True)
+                setattr(simulate, attr, saved)
+            cpu = other["cpu"]
+            print(f"| {label}, 8 nodes | {mode} | {ip['round_s']:.3f} | {other['round_s']:.3f} | "
+                  f"**{ip['round_s'] / other['round_s']:.2f}×** | Σ node {other['node_sum_s']:.3f} | driver CPU/round "
+                  f"{cpu.get('driver', 0):.3f}, other Ray {cpu.get('other ray', 0):.3f} | wakeups/round "
+                  f"{sum(v for k, v in cpu.items() if k.startswith('wakeups')):.0f} |", flush=True)
     print(f"uptime after: {os.popen('uptime').read().strip()}")
 
 

@@ -21,7 +21,9 @@ work (at 8 nodes on 2 cores, polling every 5 ms kept the driver process at 0.13 
 the cores the actors need; woken by stores, 0.07). A pass
 hands the messages it finds to the actors' queue in the order the server created them, so a server that
 sends its heaviest nodes first gets them started first (`fl_userdp.server.app.GridTransport`). On a link
-state that is not Flower's in-memory one the loop polls every `DISPATCH_INTERVAL_S`.
+state that is not Flower's in-memory one the loop polls every `DISPATCH_INTERVAL_S`. For a Ray started
+here, `inline_objects` lets task arguments and results up to `INLINE_OBJECT_BYTES` travel inline instead of
+through Ray's object store (see there).
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ def backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str, 
 DISPATCH_INTERVAL_S = 0.005   # the dispatch loop's pass interval where the link state does not announce stores
 WAKE_FALLBACK_S = 0.1         # where it does: a pass at least this often anyway (Flower's own interval)
 WAKE_ON_STORES = True         # False: poll every DISPATCH_INTERVAL_S (and the transport every PULL_INTERVAL_S)
+# Ray passes a task's arguments and results inline up to this many bytes (its default: 100 KiB); larger ones go
+# through its object store, whose get path woke the driver's and the raylet's threads thousands of times a
+# second while the nodes computed (a tiny LM's weights, 17,408 float64, are 139 KB). For a local Ray only.
+INLINE_OBJECT_BYTES = 1 << 20
 
 
 def _created(msg) -> float:
@@ -118,6 +124,24 @@ def wake_on_stores(state) -> threading.Event | None:
     return events["ins"]
 
 
+INLINE_ENV = "RAY_max_direct_call_object_size"
+
+
+@contextmanager
+def inline_objects(address: str | None):
+    """For a Ray started here (no `address`), task arguments and results up to `INLINE_OBJECT_BYTES` travel
+    inline, for the duration (Ray reads `RAY_max_direct_call_object_size` when it starts). Attached to a
+    cluster, or with the variable already set, nothing changes. Yields whether it was applied."""
+    if address or INLINE_ENV in os.environ:
+        yield False
+        return
+    os.environ[INLINE_ENV] = str(INLINE_OBJECT_BYTES)
+    try:
+        yield True
+    finally:
+        os.environ.pop(INLINE_ENV, None)
+
+
 @contextmanager
 def _quiet_flower(quiet: bool):
     logger = logging.getLogger("flwr")
@@ -149,10 +173,11 @@ def run(cfg: RunConfig, modes: list[str], *, resume: bool = False, ray_address: 
 
     setup = setup or prepare(cfg, modes, resume)
     num_nodes = -(-len(setup.counts) // cfg.sim.users_per_node)
+    address = cfg.sim.ray_address if ray_address is None else ray_address
     for attempt in range(cfg.sim.max_restarts + 1):
         sink: dict[str, Any] = {}
         server_app = build_server_app(cfg, modes, setup, resume or attempt > 0, on_record, on_mode, sink)
-        with _quiet_flower(quiet), fast_dispatch():
+        with _quiet_flower(quiet), fast_dispatch(), inline_objects(address):
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
                            backend_config=backend_config(cfg, ray_address))
         if isinstance(sink.get("error"), WorkerLost) and attempt < cfg.sim.max_restarts:

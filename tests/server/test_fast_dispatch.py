@@ -1,6 +1,7 @@
 """`fast_dispatch`: Flower's message dispatch loop at 5 ms instead of 0.1 s, for a run's duration only."""
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -107,3 +108,18 @@ def test_a_pass_hands_messages_over_in_the_order_they_were_created():
     with fast_dispatch(0.005):
         got, _ = drain(vce_api.add_messages_to_queue, pending, 3)
     assert [m.name for m in got] == ["first", "second", "late"]
+
+
+def test_inline_objects_only_for_a_ray_started_here_and_only_for_the_run(monkeypatch):
+    from fl_userdp.server import simulate
+
+    monkeypatch.delenv(simulate.INLINE_ENV, raising=False)
+    with simulate.inline_objects(None) as applied:
+        assert applied and os.environ[simulate.INLINE_ENV] == str(simulate.INLINE_OBJECT_BYTES)
+    assert simulate.INLINE_ENV not in os.environ
+    with simulate.inline_objects("127.0.0.1:6379") as applied:       # a cluster's config is its own
+        assert not applied and simulate.INLINE_ENV not in os.environ
+    monkeypatch.setenv(simulate.INLINE_ENV, "4096")                   # the user's setting wins
+    with simulate.inline_objects(None) as applied:
+        assert not applied and os.environ[simulate.INLINE_ENV] == "4096"
+    assert os.environ[simulate.INLINE_ENV] == "4096"
