@@ -34,7 +34,7 @@ class WorkerLost(RuntimeError):
 
     Raised while collecting a round, before anything of that round is released: the run resumes from its
     release log on a fresh engine and computes the round again (nothing of it was published)."""
-PULL_INTERVAL_S = 0.005  # Flower's in-memory grid sleeps 0.1 s between polls for replies: ~0.05 s lost per round
+PULL_INTERVAL_S = 0.005  # where replies are polled (no announcements): Flower's grid sleeps 0.1 s between polls
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float = NODE_WAIT_S) -> list[int]:
