@@ -17,7 +17,9 @@ KEY = "flat"
 
 
 def flat_record(arrays: Sequence[np.ndarray] | np.ndarray) -> ArrayRecord:
-    """One ArrayRecord holding `arrays` (a list in trainable order, or one flat vector) as one flat array."""
+    """One ArrayRecord holding `arrays` (a list in trainable order, or one flat vector) as one flat array.
+    Arrays of different float dtypes travel in the widest of them (numpy's promotion, exact for floats);
+    `split_record(..., dtypes=)` gives each its own back, bit for bit."""
     if isinstance(arrays, np.ndarray):
         flat = arrays.ravel()
     else:
@@ -25,8 +27,10 @@ def flat_record(arrays: Sequence[np.ndarray] | np.ndarray) -> ArrayRecord:
     return ArrayRecord({KEY: Array(np.ascontiguousarray(flat))})
 
 
-def split_record(record: ArrayRecord, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """The arrays of a `flat_record`, shaped as `shapes`; ValueError naming what arrived otherwise."""
+def split_record(record: ArrayRecord, shapes: Sequence[tuple[int, ...]],
+                 dtypes: Sequence[np.dtype] | None = None) -> list[np.ndarray]:
+    """The arrays of a `flat_record`, shaped as `shapes` (and cast to `dtypes` when given); ValueError naming
+    what arrived otherwise."""
     keys = list(record.keys())
     if keys != [KEY]:
         raise ValueError(f"expected one array {KEY!r}, got keys {keys[:5]}")
@@ -34,4 +38,5 @@ def split_record(record: ArrayRecord, shapes: Sequence[tuple[int, ...]]) -> list
     sizes = [int(np.prod(s)) for s in shapes]
     if flat.ndim != 1 or flat.size != sum(sizes):
         raise ValueError(f"expected a flat array of {sum(sizes)} values, got shape {flat.shape}")
-    return [p.reshape(s) for p, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
+    parts = [p.reshape(s) for p, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
+    return parts if dtypes is None else [p.astype(d, copy=False) for p, d in zip(parts, dtypes)]

@@ -52,7 +52,7 @@ WAKE_FALLBACK_S = 0.1         # where it does: a pass at least this often anyway
 WAKE_ON_STORES = True         # False: poll every DISPATCH_INTERVAL_S (and the transport every PULL_INTERVAL_S)
 # Ray passes a task's arguments and results inline up to this many bytes (its default: 100 KiB); larger ones go
 # through its object store, whose get path woke the driver's and the raylet's threads thousands of times a
-# second while the nodes computed (a tiny LM's weights, 17,408 float64, are 139 KB). For a local Ray only.
+# second while the nodes computed (a tiny LM's update, 17,408 float64, is 139 KB). For a local Ray only.
 INLINE_OBJECT_BYTES = 1 << 20
 
 
@@ -83,7 +83,7 @@ def fast_dispatch(interval: float | None = None):
             found = [msg for node_id in nodes_mapping.keys() for msg in state.get_message_ins(node_id=node_id, limit=1)]
             for msg in sorted(found, key=_created):   # stable: Flower's order where creation times tie
                 queue.put(msg)
-            if found:
+            if found and stored is not None:
                 continue         # a pass takes one message per node: look again for a node's next one
             if stored is None:
                 f_stop.wait(interval)
@@ -132,7 +132,9 @@ def inline_objects(address: str | None):
     """For a Ray started here (no `address`), task arguments and results up to `INLINE_OBJECT_BYTES` travel
     inline, for the duration (Ray reads `RAY_max_direct_call_object_size` when it starts). Attached to a
     cluster, or with the variable already set, nothing changes. Yields whether it was applied."""
-    if address or INLINE_ENV in os.environ:
+    import ray
+
+    if address or INLINE_ENV in os.environ or ray.is_initialized():   # a running Ray has read its config
         yield False
         return
     os.environ[INLINE_ENV] = str(INLINE_OBJECT_BYTES)

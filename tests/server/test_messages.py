@@ -27,3 +27,14 @@ def test_a_record_of_another_shape_is_refused():
         split_record(flat_record(np.zeros(6)), shapes)
     with pytest.raises(ValueError, match="expected one array 'flat'"):
         split_record(ArrayRecord({"0000": Array(np.zeros(4)), "0001": Array(np.zeros(3))}), shapes)
+
+
+def test_mixed_float_dtypes_come_back_as_they_were():
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal((3, 2)).astype(np.float16), rng.standard_normal(4).astype(np.float32),
+              rng.standard_normal(2)]
+    shapes, dtypes = [a.shape for a in arrays], [a.dtype for a in arrays]
+    rec = flat_record(arrays)
+    assert rec["flat"].numpy().dtype == np.float64                     # the widest, exact for the others
+    back = split_record(rec, shapes, dtypes)
+    assert [b.dtype for b in back] == dtypes and all(a.tobytes() == b.tobytes() for a, b in zip(arrays, back))
