@@ -14,6 +14,12 @@ import numpy as np
 from .noise import gaussian_noise
 
 
+def split_flat(flat: np.ndarray, shapes) -> list[np.ndarray]:
+    """A flat vector cut back into arrays of `shapes`, in order (views, no copy)."""
+    parts = np.split(flat, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+    return [p.reshape(s) for p, s in zip(parts, shapes)]
+
+
 def expected_count(mode: str, sampling_rate: float, num_users: int, capped_total: int | None = None) -> float:
     """q·N for ULS; q·n_k for ELS (n_k = Σ min(n_u, k))."""
     if mode == "uls":

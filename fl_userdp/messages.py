@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from .aggregate import split_flat
+
 KEY = "flat"
 
 
@@ -38,5 +40,5 @@ def split_record(record: ArrayRecord, shapes: Sequence[tuple[int, ...]],
     sizes = [int(np.prod(s)) for s in shapes]
     if flat.ndim != 1 or flat.size != sum(sizes):
         raise ValueError(f"expected a flat array of {sum(sizes)} values, got shape {flat.shape}")
-    parts = [p.reshape(s) for p, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
+    parts = split_flat(flat, shapes)
     return parts if dtypes is None else [p.astype(d, copy=False) for p, d in zip(parts, dtypes)]

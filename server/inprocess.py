@@ -9,15 +9,11 @@ from typing import Mapping
 
 import numpy as np
 
+from fl_userdp.aggregate import split_flat
 from fl_userdp.clients.compute import worker_for
 from fl_userdp.config import RunConfig
 
 from .strategy import NodeReply, NodeRequest, with_clip_norm
-
-
-def contribution_arrays(total: np.ndarray, shapes) -> list[np.ndarray]:
-    parts = np.split(total, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
-    return [p.reshape(s) for p, s in zip(parts, shapes)]
 
 
 class InProcessTransport:
@@ -33,7 +29,7 @@ class InProcessTransport:
                 c = self.worker.uls(cfg, weights, req.round, req.users)
             else:
                 c = self.worker.els(cfg, weights, req.users, req.offsets, req.example_ids)
-            out[node] = NodeReply(contribution_arrays(c.total, self.worker.shapes), c.users, c.examples,
+            out[node] = NodeReply(split_flat(c.total, self.worker.shapes), c.users, c.examples,
                                   c.clipped, c.loss_sum)
         return out
 

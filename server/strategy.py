@@ -45,7 +45,7 @@ from fl_userdp.accounting import event_from_dict, event_to_dict, make_accountant
 from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
                                      unclipped_fraction)
-from fl_userdp.aggregate import expected_count, release
+from fl_userdp.aggregate import expected_count, release, split_flat
 from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.noise import SecureGenerator, release_rng
@@ -180,8 +180,7 @@ class UserDPStrategy:
         return math.ceil(self.num_users / self.users_per_node)
 
     def weights_list(self) -> list[np.ndarray]:
-        parts = np.split(self.weights, np.cumsum(self.sizes)[:-1])
-        return [w.reshape(s).astype(d) for w, s, d in zip(parts, self.shapes, self.dtypes)]
+        return [w.astype(d) for w, d in zip(split_flat(self.weights, self.shapes), self.dtypes)]
 
     def epsilon(self) -> float:
         return self.accountant.epsilon()

@@ -119,7 +119,7 @@ class NoLossTransport:
         self.inner = InProcessTransport(cfg)
 
     def __call__(self, requests, weights):
-        from fl_userdp.server.inprocess import contribution_arrays
+        from fl_userdp.aggregate import split_flat
         from fl_userdp.server.strategy import NodeReply
 
         cfg, worker, out = self.inner.cfg, self.inner.worker, {}
@@ -128,7 +128,7 @@ class NoLossTransport:
                 c = worker.uls(cfg, weights, req.round, req.users, with_loss=False)
             else:
                 c = worker.els(cfg, weights, req.users, req.offsets, req.example_ids, with_loss=False)
-            out[node] = NodeReply(contribution_arrays(c.total, worker.shapes), c.users, c.examples, c.clipped, c.loss_sum)
+            out[node] = NodeReply(split_flat(c.total, worker.shapes), c.users, c.examples, c.clipped, c.loss_sum)
         return out
 
 

@@ -187,3 +187,45 @@ def test_the_transport_sends_heaviest_first_and_waits_for_announced_replies(task
     assert sorted(replies) == [0, 1, 2, 3] and all(isinstance(r, NodeFailure) for r in replies.values())
     assert [(m.metadata.dst_node_id - 1000) // 17 for m in grid.pushed] == [1, 3, 0, 2]   # most users first
     assert grid.pulls <= 2 * 4 + 1    # woken by the four stores (polling at 5 ms: ~40 pulls in 0.2 s)
+
+
+def test_a_reply_stored_during_the_last_wait_is_collected(task_identity, monkeypatch):
+    """The deadline can pass while the transport waits; a reply stored in that wait (even unannounced) is
+    still collected by one last pull, not counted as a timeout."""
+    import threading
+    import time
+
+    from fl_userdp.server import app as server_app
+    from fl_userdp.server.simulate import STORE_EVENTS
+    from fl_userdp.server.strategy import NodeRequest
+
+    monkeypatch.setattr(server_app, "WAKE_FALLBACK_S", 5.0)
+
+    class State:
+        pass
+
+    class QuietGrid:                       # stores its reply without announcing it
+        def __init__(self):
+            self.state, self.stored = State(), []
+            setattr(self.state, STORE_EVENTS, {"ins": threading.Event(), "res": threading.Event()})
+
+        def push_messages(self, messages):
+            msgs = list(messages)
+            for msg in msgs:
+                msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+
+            def answer():
+                time.sleep(0.2)
+                self.stored += [Message(Error(code=ErrorCode.UNKNOWN, reason="late"), reply_to=m) for m in msgs]
+            threading.Thread(target=answer).start()
+            return [m.metadata.message_id for m in msgs]
+
+        def pull_messages(self, ids):
+            got = [m for m in self.stored if m.metadata.reply_to_message_id in ids]
+            self.stored = [m for m in self.stored if m not in got]
+            return got
+
+    transport = GridTransport(QuietGrid(), {0: node_id(0)}, tiny_cfg("uls"))
+    transport.timeout = 0.5
+    replies = transport({0: NodeRequest("uls", 1, np.arange(2))}, [np.zeros(3)])
+    assert list(replies) == [0] and isinstance(replies[0], NodeFailure) and "late" in replies[0].reason
