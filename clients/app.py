@@ -22,7 +22,8 @@ from flwr.clientapp import ClientApp
 
 from fl_userdp.messages import flat_record, split_record
 
-from .compute import Contribution, config_from_flat, worker_for
+from .compute import config_from_flat, worker_for
+from .contribution import Contribution
 
 app = ClientApp()
 

@@ -24,7 +24,7 @@ and corpus.
 Both also report the mean training loss of the records at the round's start
 weights (one no-grad forward over the same examples) so the server can log
 a training loss. The flat sums are float64 in `trainable_names` order, each record clipped to
-`fl_userdp.fixed_point.record_clip_norm(C)` and put on its grid before it is added: the sums are exact, so a
+`fl_userdp.mechanism.fixed_point.record_clip_norm(C)` and put on its grid before it is added: the sums are exact, so a
 seeded run's release (and its keyed noise) is the same bits whatever `sim.users-per-node` or the backend.
 """
 from __future__ import annotations
@@ -38,25 +38,11 @@ import numpy as np
 from fl_userdp.config import RunConfig, is_task_spec, parse_config
 from fl_userdp.rng import rng_for
 
+from .contribution import Contribution, uls_example_ids
+
 _WORKERS: dict[tuple, "Worker"] = {}
 ROW_CACHE_BYTES = 256 << 20  # per process: generated (synthetic) users' rows kept after their first use
 _CONFIGS: dict[tuple, RunConfig] = {}
-
-
-@dataclass(frozen=True)
-class Contribution:
-    total: np.ndarray      # flat float64 Σ of clipped records
-    users: int
-    examples: int
-    clipped: int
-    loss_sum: float | None  # Σ over records (users for ULS, examples for ELS) of the training loss
-
-
-def uls_example_ids(seed: int, rnd: int, user: int, n_u: int, k: int) -> np.ndarray:
-    """The ≤ k examples (local ids, sorted) user `user` trains on in round `rnd` (ULS)."""
-    if n_u <= k:
-        return np.arange(n_u)
-    return np.sort(rng_for(seed, "cap", rnd, user).choice(n_u, size=k, replace=False))
 
 
 def config_from_flat(flat: Mapping[str, Any]) -> RunConfig:
@@ -313,8 +299,8 @@ class LinearWorker:
     def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
             with_loss: bool = True) -> Contribution:
         """All sampled users at once: choose ≤ k examples each, one CSR, per-user updates, clip, sum."""
-        from fl_userdp.clipping import clip_factors, finite
-        from fl_userdp.fixed_point import record_clip_norm, scaled_grid_sum
+        from fl_userdp.mechanism.clipping import clip_factors, finite
+        from fl_userdp.mechanism.fixed_point import record_clip_norm, scaled_grid_sum
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         if users.size == 0:
@@ -331,8 +317,8 @@ class LinearWorker:
 
     def uls_loop(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray) -> Contribution:
         """The same contribution as `uls`, one user at a time (the plain-loop reference)."""
-        from fl_userdp.clipping import clip
-        from fl_userdp.fixed_point import record_clip_norm, to_grid
+        from fl_userdp.mechanism.clipping import clip
+        from fl_userdp.mechanism.fixed_point import record_clip_norm, to_grid
 
         w, k, C = self._weights(weights), cfg.privacy.max_examples_per_user, cfg.privacy.clip_norm
         total, examples, clipped, loss_sum = np.zeros_like(w), 0, 0, 0.0
@@ -348,8 +334,8 @@ class LinearWorker:
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
             example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
         """Σ of per-example clipped gradients (x·w − y)·x of the sampled kept examples."""
-        from fl_userdp.clipping import clip_factors, finite
-        from fl_userdp.fixed_point import record_clip_norm, scaled_grid_sum
+        from fl_userdp.mechanism.clipping import clip_factors, finite
+        from fl_userdp.mechanism.fixed_point import record_clip_norm, scaled_grid_sum
 
         w, users = self._weights(weights), np.asarray(users, np.int64)
         owners = np.repeat(users, np.diff(offsets))

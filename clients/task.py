@@ -15,7 +15,7 @@ import numpy as np
 
 from fl_userdp.config import RunConfig
 
-from .compute import Contribution, uls_example_ids
+from .contribution import Contribution, uls_example_ids
 
 
 class TaskWorker:

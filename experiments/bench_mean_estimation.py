@@ -18,7 +18,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from fl_userdp import mean_estimation as me  # noqa: E402
+from fl_userdp.study import mean_estimation as me  # noqa: E402
 from fl_userdp.accounting import UserLevelAccountant  # noqa: E402
 
 

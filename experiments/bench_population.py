@@ -181,7 +181,7 @@ def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     import torch
 
     from fl_userdp.clients.compute import LinearWorker, linear_choice
-    from fl_userdp.clipping import clip_factors
+    from fl_userdp.mechanism.clipping import clip_factors
 
     torch.set_num_threads(1)
     worker = LinearWorker(cfg)

@@ -242,8 +242,8 @@ def _mode_run(res) -> ModeRun:
 
 
 def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mapping[str, Any] | None) -> dict:
-    """summary.json / summary.md and plot.png next to the metrics (labelled: see fl_userdp.report)."""
-    from . import report
+    """summary.json / summary.md and plot.png next to the metrics (labelled: see fl_userdp.records.report)."""
+    from .records import report
 
     publish = cfg.privacy.publish_diagnostics
     q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from .aggregate import split_flat
+from .mechanism.aggregate import split_flat
 
 KEY = "flat"
 

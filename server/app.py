@@ -20,7 +20,7 @@ from fl_userdp.errors import ConfigError
 from fl_userdp.messages import flat_record, split_record
 
 from .runner import ModeResult, Setup, prepare, run_mode
-from .simulate import STORE_EVENTS, WAKE_FALLBACK_S
+from .store_events import STORE_EVENTS, WAKE_FALLBACK_S
 from .strategy import NodeFailure, NodeReply, NodeRequest, with_mode
 
 NODE_WAIT_S = 120.0
@@ -188,7 +188,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """`flwr run .`: the flat run config is the schema; one mode (privacy.mode), outputs in `out`."""
-    from fl_userdp import report
+    from fl_userdp.records import report
 
     cfg = parse_config(dict(context.run_config))
     results = serve(grid, cfg, [cfg.privacy.mode])

@@ -1,6 +1,6 @@
 """Audit the real pipeline: canary users through `UserDPStrategy` and the linear task's node code.
 
-`fl_userdp.audit` re-implements sampling and release to check the noise and
+`fl_userdp.study.audit` re-implements sampling and release to check the noise and
 the accountant. This audit instead sends canary users through everything a
 run does — the strategy's Poisson sampling (ULS users or ELS kept examples),
 the node computation (`fl_userdp.clients.compute.LinearWorker`: per-user or
@@ -20,7 +20,7 @@ auditor scores s_i = Σ_t ⟨released update_t, u_i⟩ and computes two numbers:
 * **a lower bound** (Steinke, Nasr & Jagielski 2023): guess "in" for the
   highest and "out" for the lowest scores; the number of correct guesses
   gives an ε lower bound at the given confidence
-  (`fl_userdp.audit.lower_bound_from_scores`). Rigorous, but loose for
+  (`fl_userdp.study.audit.lower_bound_from_scores`). Rigorous, but loose for
   Gaussian mechanisms: at 95 % it caught some gross faults (noise σ/4, clipping C × 4), at the default
   99.9 % none (experiments/audit_table.md); the estimate and the noise check catch them.
 * **an estimate** (in the manner of Andrew et al. 2024, one-shot estimation
@@ -36,7 +36,7 @@ auditor scores s_i = Σ_t ⟨released update_t, u_i⟩ and computes two numbers:
 A run is flagged when either number exceeds the ledger's ε.
 
 Besides, the released updates themselves are checked against the claimed noise
-(`fl_userdp.audit.check_release_noise`): every coordinate must vary over the
+(`fl_userdp.study.audit.check_release_noise`): every coordinate must vary over the
 rounds at least as much as the noise σC/E makes it, and the rounds' noise
 scales must agree (a denominator that moves with the realised count moves
 them). These catch faults that leak without bound but hardly move the
@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fl_userdp.accounting import make_event
-from fl_userdp.audit import check_release_noise, default_guess_counts, lower_bound_from_scores
+from fl_userdp.study.audit import check_release_noise, default_guess_counts, lower_bound_from_scores
 from fl_userdp.config import RunConfig, parse_config
 from fl_userdp.errors import ConfigError
 from fl_userdp.rng import rng_for
@@ -214,7 +214,7 @@ def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
     """Faults in the release step, for testing the auditor: noise withheld from a fixed share of the
     coordinates, or the release divided by the realised count (patched into `fl_userdp.server.strategy` for the
     duration of the audit's rounds only)."""
-    from fl_userdp.aggregate import Release
+    from fl_userdp.mechanism.aggregate import Release
 
     from . import strategy as module
 

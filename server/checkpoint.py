@@ -20,7 +20,7 @@ import numpy as np
 
 from fl_userdp.errors import ConfigError
 
-VERSION = 2  # 2: checkpoints are a speed-up over the release log (fl_userdp.release_log)
+VERSION = 2  # 2: checkpoints are a speed-up over the release log (fl_userdp.records.release_log)
 
 
 def checkpoint_path(out: str | Path, mode: str) -> Path:

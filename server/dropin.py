@@ -66,11 +66,11 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fl_userdp.accounting import make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
-from fl_userdp.aggregate import release
-from fl_userdp.clipping import clip_factors
+from fl_userdp.mechanism.aggregate import release
+from fl_userdp.mechanism.clipping import clip_factors
 from fl_userdp.errors import ConfigError
-from fl_userdp.fixed_point import record_clip_norm, to_grid
-from fl_userdp.noise import SecureGenerator, release_rng
+from fl_userdp.mechanism.fixed_point import record_clip_norm, to_grid
+from fl_userdp.mechanism.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
 
 

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fl_userdp.aggregate import split_flat
+from fl_userdp.mechanism.aggregate import split_flat
 from fl_userdp.clients.compute import worker_for
 from fl_userdp.config import RunConfig
 

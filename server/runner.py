@@ -4,7 +4,7 @@
 counts, initial trainable weights, σ per mode — the resumed run's own σ when
 resuming), so bad input fails fast with a ConfigError. `run_mode` drives a
 `UserDPStrategy` over a transport and writes, in the output folder:
-`releases-<mode>.log` (the write-ahead release log, `fl_userdp.release_log`:
+`releases-<mode>.log` (the write-ahead release log, `fl_userdp.records.release_log`:
 every release durable before it is applied), `metrics.jsonl` and
 `checkpoint-<mode>.npz` (every `checkpoint-every` rounds and at the end; the
 log's updates up to a checkpoint are then compacted away).
@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fl_userdp import report
+from fl_userdp.records import report
 from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
-from fl_userdp.adaptive_clip import default_count_noise, sum_noise_multiplier
+from fl_userdp.mechanism.adaptive_clip import default_count_noise, sum_noise_multiplier
 from fl_userdp.config import RunConfig, is_task_spec
 from fl_userdp.errors import ConfigError
-from fl_userdp.release_log import LogContents, ReleaseLog, log_path, read_log
+from fl_userdp.records.release_log import LogContents, ReleaseLog, log_path, read_log
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .strategy import Evaluator, Transport, UserDPStrategy, identity
@@ -45,7 +45,7 @@ def noise_multiplier(cfg: RunConfig, expected: float | None = None) -> float:
     """privacy.noise-multiplier, or σ calibrated for (target-epsilon, delta) over train.rounds.
 
     With adaptive clipping the target is calibrated for the joint release's effective multiplier and σ (the
-    sum's) follows from the count's σ_b (`fl_userdp.adaptive_clip`; the default σ_b needs the expected count).
+    sum's) follows from the count's σ_b (`fl_userdp.mechanism.adaptive_clip`; the default σ_b needs the expected count).
     """
     p = cfg.privacy
     if p.noise_multiplier is not None:

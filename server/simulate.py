@@ -37,6 +37,7 @@ from typing import Any, Callable
 from fl_userdp.config import RunConfig
 
 from .runner import ModeResult, Setup, prepare
+from .store_events import STORE_EVENTS, WAKE_FALLBACK_S
 
 
 def backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str, Any]:
@@ -48,7 +49,6 @@ def backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str, 
 
 
 DISPATCH_INTERVAL_S = 0.005   # the dispatch loop's pass interval where the link state does not announce stores
-WAKE_FALLBACK_S = 0.1         # where it does: a pass at least this often anyway (Flower's own interval)
 WAKE_ON_STORES = True         # False: poll every DISPATCH_INTERVAL_S (and the transport every PULL_INTERVAL_S)
 # Ray passes a task's arguments and results inline up to this many bytes (its default: 100 KiB); larger ones go
 # through its object store, whose get path woke the driver's and the raylet's threads thousands of times a
@@ -97,7 +97,6 @@ def fast_dispatch(interval: float | None = None):
         vce_api.add_messages_to_queue = original
 
 
-STORE_EVENTS = "_fl_userdp_store_events"
 
 
 def wake_on_stores(state) -> threading.Event | None:

@@ -17,8 +17,8 @@ Round r (`run_round`):
   3. collect — replies; errors and timeouts count as failures (meanwhile the ledger works out its next ε)
   4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else scaled to it)
   5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k); the noise is drawn for
-               this release only (`fl_userdp.noise`); with adaptive clipping the noised centred count of
-               unclipped records too, and the next C (`fl_userdp.adaptive_clip`)
+               this release only (`fl_userdp.mechanism.noise`); with adaptive clipping the noised centred count of
+               unclipped records too, and the next C (`fl_userdp.mechanism.adaptive_clip`)
   6. account — compose the round's event in the ledger (also for empty cohorts)
   7. log     — hand the release to `self.journal` (the write-ahead release log), before anything uses it
   8. step    — server optimizer with the noisy mean as the gradient estimate
@@ -26,7 +26,7 @@ Round r (`run_round`):
  10. health  — more than sim.max-failed-fraction of the nodes failed (or were rejected) in
                sim.max-failed-rounds rounds in a row: stop after this (released) round. The decision
                reads failure counts only, never the release.
- 11. record  — one flat dict per round (`fl_userdp.report` labels what the DP guarantee covers)
+ 11. record  — one flat dict per round (`fl_userdp.records.report` labels what the DP guarantee covers)
 
 `replay(entry, update)` applies a logged release again (resume): steps 6 and 8 only.
 """
@@ -43,15 +43,15 @@ import numpy as np
 
 from fl_userdp.accounting import event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
-from fl_userdp.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
+from fl_userdp.mechanism.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
                                      unclipped_fraction)
-from fl_userdp.aggregate import expected_count, release, split_flat
+from fl_userdp.mechanism.aggregate import expected_count, release, split_flat
 from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
-from fl_userdp.noise import SecureGenerator, release_rng
+from fl_userdp.mechanism.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
-from fl_userdp.sampling import MODE_KEYS, cap_examples, poisson_examples, poisson_users
-from fl_userdp.validation import check_contribution
+from fl_userdp.mechanism.sampling import MODE_KEYS, cap_examples, poisson_examples, poisson_users
+from fl_userdp.mechanism.validation import check_contribution
 
 from .optimizer import make_optimizer
 

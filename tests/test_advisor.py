@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fl_userdp.advisor import Pilot, advise, format_advice, snr
+from fl_userdp.study.advisor import Pilot, advise, format_advice, snr
 from fl_userdp.cli import main
 from fl_userdp.errors import ConfigError
 

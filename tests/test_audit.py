@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fl_userdp.audit import AuditConfig, epsilon_lower_bound, p_value, run_audit
+from fl_userdp.study.audit import AuditConfig, epsilon_lower_bound, p_value, run_audit
 
 
 def test_p_value_grows_with_epsilon_and_chance_gives_no_bound():

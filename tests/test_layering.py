@@ -11,8 +11,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked in this test")
         return None
 sys.meta_path.insert(0, Block())
-import fl_userdp, fl_userdp.accounting, fl_userdp.config, fl_userdp.sampling, fl_userdp.clipping
-import fl_userdp.noise, fl_userdp.aggregate, fl_userdp.validation, fl_userdp.rng, fl_userdp.cli
+import fl_userdp, fl_userdp.accounting, fl_userdp.config, fl_userdp.mechanism.sampling, fl_userdp.mechanism.clipping
+import fl_userdp.mechanism.noise, fl_userdp.mechanism.aggregate, fl_userdp.mechanism.validation, fl_userdp.rng, fl_userdp.cli
 from fl_userdp.cli import main
 assert main(["epsilon", "--mode", "uls", "--sampling-rate", "0.1", "--noise-multiplier", "1",
              "--steps", "3", "--delta", "1e-5"]) == 0

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from fl_userdp import mean_estimation as me
+from fl_userdp.study import mean_estimation as me
 from fl_userdp.accounting import UserLevelAccountant, make_event
 from fl_userdp.cli import main
 

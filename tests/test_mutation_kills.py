@@ -13,16 +13,16 @@ import pytest
 from dp_accounting import dp_event
 from scipy import stats
 
-from fl_userdp import noise
+from fl_userdp.mechanism import noise
 from fl_userdp.accounting import ElsStep, UlsRound, event_to_dict, make_event
-from fl_userdp.aggregate import expected_count, release
-from fl_userdp.clipping import clip, clip_factors, clip_rows, finite
-from fl_userdp.adaptive_clip import unclipped_fraction
+from fl_userdp.mechanism.aggregate import expected_count, release
+from fl_userdp.mechanism.clipping import clip, clip_factors, clip_rows, finite
+from fl_userdp.mechanism.adaptive_clip import unclipped_fraction
 from fl_userdp.config import parse_config, to_flat
 from fl_userdp.errors import ConfigError
-from fl_userdp.noise import SecureGenerator, gaussian_noise, release_key, release_rng, secure_standard_normal
-from fl_userdp.sampling import cap_examples, poisson_examples, poisson_users
-from fl_userdp.validation import NORM_TOLERANCE, check_contribution
+from fl_userdp.mechanism.noise import SecureGenerator, gaussian_noise, release_key, release_rng, secure_standard_normal
+from fl_userdp.mechanism.sampling import cap_examples, poisson_examples, poisson_users
+from fl_userdp.mechanism.validation import NORM_TOLERANCE, check_contribution
 from fl_userdp.server.strategy import RESUMABLE_KEYS, NodeFailure, NodeReply, UserDPStrategy, check_identity, identity, with_clip_norm
 
 

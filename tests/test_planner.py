@@ -8,7 +8,7 @@ import pytest
 from fl_userdp.cli import main
 from fl_userdp.config import ModelConfig
 from fl_userdp.errors import ConfigError
-from fl_userdp.planner import k_at, make_plan, read_counts
+from fl_userdp.study.planner import k_at, make_plan, read_counts
 
 COUNTS = np.array([1, 1, 2, 3, 4, 5, 8, 10, 12, 20, 30, 50, 80, 120, 200] * 20)
 
@@ -162,8 +162,8 @@ def test_run_refuses_seq_len_one(capsys):
 def test_a_pilot_scores_per_unit_of_measured_signal(tmp_path, capsys):
     """With a pilot, each candidate's NSR is divided by its record's cosine (interpolated in log k), ULS
     takes the lowest such score; the plain NSR output says it leaves out the averaging gain."""
-    from fl_userdp.advisor import Pilot
-    from fl_userdp.planner import pilot_cosine
+    from fl_userdp.study.advisor import Pilot
+    from fl_userdp.study.planner import pilot_cosine
 
     pilot = Pilot(1000, {1: 0.05, 64: 0.05}, {1: 0.05, 4: 0.1, 16: 0.2, 64: 0.25})
     assert pilot_cosine(pilot, "uls", 8) == pytest.approx(0.15)

@@ -1,11 +1,11 @@
-"""The write-ahead release log: framing, a torn tail, compaction (fl_userdp.release_log, pure)."""
+"""The write-ahead release log: framing, a torn tail, compaction (fl_userdp.records.release_log, pure)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from fl_userdp.errors import ConfigError
-from fl_userdp.release_log import ReleaseLog, read_log
+from fl_userdp.records.release_log import ReleaseLog, read_log
 
 RUN = {"mode": "uls", "identity": {"seed": 0}, "noise_multiplier": 1.5, "size": 5}
 
@@ -94,7 +94,7 @@ def test_entries_of_another_run_are_refused(tmp_path):
     """Two runs of one config have different run ids; a log spliced from both is refused on resume."""
     a, b = filled(tmp_path / "a", 2), filled(tmp_path / "b", 3)
     assert a.run_id != b.run_id
-    from fl_userdp.release_log import _frame
+    from fl_userdp.records.release_log import _frame
 
     theirs = read_log(b.path)
     assert theirs.releases[2]["run_id"] == b.run_id           # an entry carries its run's id...

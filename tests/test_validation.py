@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_userdp.validation import NORM_TOLERANCE, check_contribution
+from fl_userdp.mechanism.validation import NORM_TOLERANCE, check_contribution
 
 SHAPES = [(3, 4), (5,)]
 

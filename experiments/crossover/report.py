@@ -232,7 +232,7 @@ def advisor_curve(predicted: dict) -> dict[float, list[tuple[float, float]]]:
     the N = 2,000 cell (cached in advisor_curve.json: a pure function of its inputs)."""
     import json
 
-    from fl_userdp.advisor import Pilot, advise
+    from fl_userdp.study.advisor import Pilot, advise
 
     cache = json.loads(CURVE.read_text()) if CURVE.exists() else {}
     pilot_row = predicted.get("predict|N2000-eps1-independent")
@@ -269,7 +269,7 @@ def figure(rows: list[dict], curve: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fl_userdp.advisor import CLOSE
+    from fl_userdp.study.advisor import CLOSE
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     colours = {1.0: "tab:blue", 4.0: "tab:orange", 16.0: "tab:green"}

@@ -18,7 +18,7 @@ Design (one cell = a population N, an ε, a corpus):
   (1, 4, 16, 32) at that lr (64 as well when 32 wins), then the lr again at the chosen cap.
 * **Reporting** on seeds 0–4 with each mode's (cap, lr); ELS − ULS paired by seed (same corpus), a
   paired t-test with 4 degrees of freedom.
-* **Prediction first.** Before a cell's first run, the advisor (`fl_userdp.advisor`, pilot cosines
+* **Prediction first.** Before a cell's first run, the advisor (`fl_userdp.study.advisor`, pilot cosines
   measured on the tuning seed's model and users) writes its prediction for the cell to
   predictions.jsonl with a timestamp; nothing it uses comes from the runs.
 * **σ = 0 reference** per population (T = 100, cap 4, lr 0.02, seed 0) for each mode.
@@ -227,7 +227,7 @@ def main() -> int:
         key = f"predict|{cell_name(cell)}"
         if key in predicted:
             return
-        from fl_userdp.advisor import advise
+        from fl_userdp.study.advisor import advise
         from fl_userdp.config import parse_config
         from fl_userdp.local.pilot import measure_pilot
         pkey = json.dumps(base_config(cell, TUNE_SEED), sort_keys=True)

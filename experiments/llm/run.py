@@ -73,7 +73,7 @@ def load_cfg(name: str, runs: Path, overrides: list[str]):
 
 
 def finished_rounds(out: Path, mode: str) -> int:
-    from fl_userdp import report
+    from fl_userdp.records import report
 
     recs = [r for r in report.read_records(out / report.METRICS) if r.get("mode") == mode]
     return max((int(r["round"]) for r in recs), default=0)
@@ -119,7 +119,7 @@ class NoLossTransport:
         self.inner = InProcessTransport(cfg)
 
     def __call__(self, requests, weights):
-        from fl_userdp.aggregate import split_flat
+        from fl_userdp.mechanism.aggregate import split_flat
         from fl_userdp.server.strategy import NodeReply
 
         cfg, worker, out = self.inner.cfg, self.inner.worker, {}
@@ -133,10 +133,10 @@ class NoLossTransport:
 
 
 def run_one(name: str, cfg, log, no_train_loss: bool = True) -> None:
-    from fl_userdp import report
+    from fl_userdp.records import report
     from fl_userdp.config import to_flat
     from fl_userdp.server.inprocess import InProcessTransport
-    from fl_userdp.release_log import log_path
+    from fl_userdp.records.release_log import log_path
     from fl_userdp.server.runner import Setup, noise_multiplier, run_mode
 
     out, mode = Path(cfg.out), cfg.privacy.mode

@@ -72,7 +72,7 @@ def config_for(mode: str, eps: float, clip: float, lr: float, seed: int):
 
 
 def final_loss(out: Path) -> float | None:
-    from fl_userdp import report
+    from fl_userdp.records import report
 
     recs = [r for r in report.read_records(out / report.METRICS) if r.get("eval_loss") is not None]
     return recs[-1]["eval_loss"] if recs and recs[-1]["round"] == 20 else None
@@ -85,7 +85,7 @@ def winner(mode: str, eps: float) -> tuple[float, float] | None:
 
 
 def report() -> str:
-    from fl_userdp import report as rep
+    from fl_userdp.records import report as rep
 
     old, base = {}, {}
     for seed, root in ((0, HERE / "runs"), (1, HERE / "runs" / "seed1")):

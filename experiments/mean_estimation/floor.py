@@ -12,7 +12,7 @@ import sys, itertools, numpy as np
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs
-from fl_userdp import mean_estimation as me
+from fl_userdp.study import mean_estimation as me
 spec=me.TaskSpec(num_users=10000, dim=16)
 grid=list(itertools.product(configs.LR_GRID, configs.CLIP_GRID+[np.inf]))
 lrs=[g[0] for g in grid]; cl=[g[1] for g in grid]

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import configs  # noqa: E402
 
-from fl_userdp import mean_estimation as me  # noqa: E402
+from fl_userdp.study import mean_estimation as me  # noqa: E402
 
 CACHE = HERE / "sigma_cache.json"
 

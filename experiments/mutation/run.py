@@ -4,7 +4,7 @@
     pip install -e '.[mutation]'                        # mutmut==3.8.1
     OMP_NUM_THREADS=1 python experiments/mutation/run.py   # fresh run: about an hour on one core
     python experiments/mutation/run.py --report         # only the score of the last run (mutants/)
-    python experiments/mutation/run.py --keep 'fl_userdp.noise.*'   # re-test some mutants of the last run
+    python experiments/mutation/run.py --keep 'fl_userdp.mechanism.noise.*'   # re-test some mutants of the last run
 
 What is mutated and which tests run is configured in pyproject.toml [tool.mutmut]: the modules
 fl_userdp/{aggregate,clipping,noise,sampling,validation}.py, fl_userdp/accounting/events.py and

@@ -4,9 +4,10 @@ Public API: the events (`UlsRound`, `ElsStep`, `make_event`), the ledger
 (`UserLevelAccountant`), `epsilon_for` and `calibrate_noise`.
 """
 from .accountant import (BACKENDS, UserLevelAccountant, check_backend, check_delta, epsilon_for, event_from_dict,
+                         make_accountant,
                          event_to_dict)
 from .calibration import calibrate_noise
-from .plugins import Ledger, make_accountant
+from .plugins import Ledger
 from .events import MODES, ElsStep, Event, UlsRound, make_event
 
 __all__ = [

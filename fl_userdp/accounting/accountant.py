@@ -13,6 +13,7 @@ non-decreasing by taking the running maximum of the computed bounds.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ from .events import ElsStep, Event, UlsRound, event_from_dict, event_to_dict, ma
 from .group import group_epsilon
 from .pld import Run
 from .pld import epsilon as pld_epsilon
+from .plugins import BUILTIN, LEDGER_METHODS, is_plugin
 from .rdp import check_supported, rdp_epsilon
 
 BACKENDS = ("pld", "rdp", "group")
@@ -34,10 +36,8 @@ def check_delta(delta: float, key: str = "delta") -> float:
 
 
 def check_backend(backend: str, mode: str | None = None) -> str:
-    from .plugins import is_plugin
-
     if is_plugin(backend):
-        return backend  # checked when it is built (`plugins.make_accountant`, `plugins.check_supports`)
+        return backend  # checked when it is built (`make_accountant`, `plugins.check_supports`)
     if backend not in BACKENDS:
         raise ConfigError("accountant", backend, f"must be one of {list(BACKENDS)} or 'package.module:Factory'")
     if backend == "rdp" and mode is not None:
@@ -52,8 +52,6 @@ def check_backend(backend: str, mode: str | None = None) -> str:
 
 def epsilon_for(runs: Sequence[Run], delta: float, backend: str = "pld") -> float:
     """User-level epsilon of `runs` at `delta` with the named backend (or a plug-in, 'package.module:Factory')."""
-    from .plugins import is_plugin, plugin_epsilon
-
     if is_plugin(backend):
         return plugin_epsilon(backend, runs, check_delta(delta))
     fn: Callable[[Sequence[Run], float], float] = {
@@ -159,3 +157,37 @@ class UserLevelAccountant:
     def __repr__(self) -> str:
         return (f"UserLevelAccountant(backend={self.backend!r}, delta={self.delta}, "
                 f"steps={self.steps}, epsilon={self.epsilon():.4g})")
+
+
+def make_accountant(spec: str, delta: float, key: str = "privacy.accountant"):
+    """A ledger: `UserLevelAccountant(delta, spec)` for a built-in name, else `Factory(delta=delta)`."""
+    if spec in BUILTIN:
+        return UserLevelAccountant(delta, spec)
+    if not is_plugin(spec):
+        raise ConfigError(key, spec, f"must be one of {list(BUILTIN)} or 'package.module:Factory'")
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as err:
+        raise ConfigError(key, spec, f"cannot be imported ({err})") from None
+    except AttributeError:
+        raise ConfigError(key, spec, f"names nothing in {module_name}") from None
+    try:
+        ledger = factory(delta=delta)
+    except ImportError as err:  # a package the plug-in needs: its message says what to install
+        raise ConfigError(key, spec, f"cannot be created: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - a plug-in's own failure, reported in one line
+        raise ConfigError(key, spec, f"could not be created with delta={delta} ({err})") from None
+    missing = [m for m in LEDGER_METHODS if not callable(getattr(ledger, m, None))]
+    if missing:
+        raise ConfigError(key, spec, f"is not a ledger: it lacks {', '.join(missing)}")
+    return ledger
+
+
+def plugin_epsilon(spec: str, runs: Sequence[tuple[Event, int]], delta: float) -> float:
+    """ε of `runs` at δ by a fresh plug-in ledger (used for calibration)."""
+    ledger = make_accountant(spec, delta)
+    for event, count in runs:
+        if count > 0:
+            ledger.compose(event, count)
+    return float(ledger.epsilon())

@@ -17,7 +17,6 @@ module is imported when a run starts.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -42,47 +41,12 @@ def is_plugin(spec: str) -> bool:
     return isinstance(spec, str) and bool(SPEC.match(spec))
 
 
-def make_accountant(spec: str, delta: float, key: str = "privacy.accountant"):
-    """A ledger: `UserLevelAccountant(delta, spec)` for a built-in name, else `Factory(delta=delta)`."""
-    if spec in BUILTIN:
-        from .accountant import UserLevelAccountant
-        return UserLevelAccountant(delta, spec)
-    if not is_plugin(spec):
-        raise ConfigError(key, spec, f"must be one of {list(BUILTIN)} or 'package.module:Factory'")
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise ConfigError(key, spec, f"cannot be imported ({err})") from None
-    except AttributeError:
-        raise ConfigError(key, spec, f"names nothing in {module_name}") from None
-    try:
-        ledger = factory(delta=delta)
-    except ImportError as err:  # a package the plug-in needs: its message says what to install
-        raise ConfigError(key, spec, f"cannot be created: {' '.join(str(err).split())}") from None
-    except Exception as err:  # noqa: BLE001 - a plug-in's own failure, reported in one line
-        raise ConfigError(key, spec, f"could not be created with delta={delta} ({err})") from None
-    missing = [m for m in LEDGER_METHODS if not callable(getattr(ledger, m, None))]
-    if missing:
-        raise ConfigError(key, spec, f"is not a ledger: it lacks {', '.join(missing)}")
-    return ledger
-
-
 def check_supports(ledger, event: Event, spec: str, key: str = "privacy.accountant") -> None:
     """Ask the ledger for ε after `event`; a ConfigError naming the key when it cannot account it."""
     try:
         ledger.epsilon_after(event)
     except (NotImplementedError, ValueError, TypeError) as err:
         raise ConfigError(key, spec, f"cannot account {event.mode.upper()} events ({err})") from None
-
-
-def plugin_epsilon(spec: str, runs: Sequence[tuple[Event, int]], delta: float) -> float:
-    """ε of `runs` at δ by a fresh plug-in ledger (used for calibration)."""
-    ledger = make_accountant(spec, delta)
-    for event, count in runs:
-        if count > 0:
-            ledger.compose(event, count)
-    return float(ledger.epsilon())
 
 
 class EventLedger:

@@ -1,4 +1,4 @@
-"""`fl-userdp advise`: ELS or ULS for this population, (ε, δ) and compute budget (`fl_userdp.advisor`).
+"""`fl-userdp advise`: ELS or ULS for this population, (ε, δ) and compute budget (`fl_userdp.study.advisor`).
 
 Users come from the run's config (as for `plan`: `--config`, `--set`, `--source`, ...) or from
 `--counts-file`; the averaging gain comes from a pilot on the run's model and data (`--pilot-users`
@@ -11,7 +11,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from .data import corpus, row_len, run_config, source_given, source_options, budget_options
+from .data import read_pilot, corpus, row_len, run_config, source_given, source_options, budget_options
 
 
 def _ints(text: str) -> list[int]:
@@ -25,7 +25,7 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..advisor import CAPS
+    from ..study.advisor import CAPS
 
     source_options(p)
     p.add_argument("--counts-file", metavar="FILE", help="examples per user (rows of model.seq-len tokens) instead "
@@ -40,23 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def read_pilot(path: str):
-    from pathlib import Path
-
-    from ..advisor import Pilot
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError("--pilot", path, f"is not a readable JSON file ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError("--pilot", path, "must hold a JSON object (as --save-pilot writes)")
-    return Pilot.from_dict(data.get("pilot", data), "--pilot")
-
-
 def advise_cmd(a: argparse.Namespace) -> int:
-    from ..advisor import advise, format_advice
-    from ..planner import read_counts
+    from ..study.advisor import advise, format_advice
+    from ..study.planner import read_counts
 
     if a.counts_file is not None and source_given(a):
         raise ConfigError("--counts-file", a.counts_file, "replaces the data source: give either it or "

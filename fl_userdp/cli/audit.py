@@ -1,6 +1,6 @@
 """`fl-userdp audit`: empirical privacy from canary users, next to the accountant's ε.
 
-Default: the mechanism-level audit (`fl_userdp.audit`: its own sampling and
+Default: the mechanism-level audit (`fl_userdp.study.audit`: its own sampling and
 release; checks noise and accountant). `--pipeline`: canary users through
 the real round loop (`fl_userdp.server.audit`: strategy, node code, validation, noise,
 ledger), which also catches bugs in sampling, clipping and validation.
@@ -48,7 +48,7 @@ def _given(a: argparse.Namespace, names: tuple[str, ...]) -> dict:
 def audit_cmd(a: argparse.Namespace) -> int:
     if a.pipeline:
         return _pipeline(a)
-    from ..audit import AuditConfig, run_audit
+    from ..study.audit import AuditConfig, run_audit
 
     opts = {**MECHANISM_DEFAULTS, **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon"))}
     cfg = AuditConfig(mode=a.mode, noise_multiplier=a.noise_multiplier, max_examples_per_user=a.max_examples_per_user,

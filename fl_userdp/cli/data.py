@@ -202,7 +202,7 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
 
 
 def plan_cmd(a: argparse.Namespace) -> int:
-    from ..planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
+    from ..study.planner import ELS_QUANTILES, ULS_QUANTILES, format_plan, make_plan, read_counts
 
     if a.counts_file is not None and source_given(a):
         raise ConfigError("--counts-file", a.counts_file, "replaces the data source: give either it or "
@@ -212,7 +212,6 @@ def plan_cmd(a: argparse.Namespace) -> int:
                                                 "(exactly one) is required")
     cfg = run_config(a)
     counts = read_counts(a.counts_file) if a.counts_file else corpus(cfg).counts
-    from .advise import read_pilot
 
     plan = make_plan(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, a.clip_norm,
                      a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=row_len(cfg),
@@ -224,3 +223,17 @@ def plan_cmd(a: argparse.Namespace) -> int:
     else:
         print(format_plan(plan))
     return 0
+
+
+def read_pilot(path: str):
+    from pathlib import Path
+
+    from ..study.advisor import Pilot
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError("--pilot", path, f"is not a readable JSON file ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--pilot", path, "must hold a JSON object (as --save-pilot writes)")
+    return Pilot.from_dict(data.get("pilot", data), "--pilot")

@@ -52,7 +52,7 @@ def _validate(a: argparse.Namespace) -> None:
 
 def mean_estimation_cmd(a: argparse.Namespace) -> int:
     _validate(a)
-    from .. import mean_estimation as me
+    from ..study import mean_estimation as me
 
     spec = me.TaskSpec(num_users=a.users, dim=a.dim, diversity=a.diversity)
     pop = me.Population(spec, a.seed)

@@ -60,7 +60,7 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
 
     from fl_userdp.server.runner import check_fresh, check_resume, logged_sigma, prepare
 
-    from .. import report
+    from ..records import report
     from ..api import run_simulation
     from ..data.inventory import data_line
 

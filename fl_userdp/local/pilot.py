@@ -2,7 +2,7 @@
 
 `measure_pilot(cfg)` takes the run's model at its starting weights and a few of its training users
 (a seeded choice), computes per-example gradients of the trainable weights and returns a
-`fl_userdp.advisor.Pilot`:
+`fl_userdp.study.advisor.Pilot`:
 
 * the mean gradient is estimated on one half of the pilot users and the cosines are measured on the
   other half (and the other way round, averaged), so no record is compared with a mean it is part of;
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..advisor import CAPS, Pilot
+from ..study.advisor import CAPS, Pilot
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..rng import rng_for

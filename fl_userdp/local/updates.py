@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_userdp.fixed_point import grid_exponent, record_clip_norm
+from fl_userdp.mechanism.fixed_point import grid_exponent, record_clip_norm
 
 from .model import get_trainable, set_trainable, trainable_params
 
@@ -340,14 +340,14 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
 
 
 def clip_factors(norms: torch.Tensor, clip_norm: float, tiny: float = 1e-300) -> torch.Tensor:
-    """min(1, C'/‖g‖) per record, C' = `record_clip_norm(C)` (C less 2^-40 of it: see `fl_userdp.fixed_point`),
-    0 for a non-finite norm (as `fl_userdp.clipping.clip_factors`). Float64 norms give float64 factors."""
+    """min(1, C'/‖g‖) per record, C' = `record_clip_norm(C)` (C less 2^-40 of it: see `fl_userdp.mechanism.fixed_point`),
+    0 for a non-finite norm (as `fl_userdp.mechanism.clipping.clip_factors`). Float64 norms give float64 factors."""
     factors = torch.clamp(record_clip_norm(clip_norm) / torch.clamp(norms, min=tiny), max=1.0)
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 
 def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float) -> torch.Tensor:
-    """Σ_i of the clipped records factors_i·records_i (rows), each on the grid of `fl_userdp.fixed_point`,
+    """Σ_i of the clipped records factors_i·records_i (rows), each on the grid of `fl_userdp.mechanism.fixed_point`,
     in grid units: float64 integers, whose sum is exact in any order (the torch twin of `scaled_grid_sum`).
     A non-finite record (factor 0) counts as zero."""
     scale = factors.double() * 2.0 ** grid_exponent(clip_norm)

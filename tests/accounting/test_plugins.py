@@ -8,7 +8,7 @@ import pytest
 from fl_userdp.accounting import epsilon_for, make_accountant, make_event
 from fl_userdp.accounting.prv import PrvAccountant
 from fl_userdp.cli import main
-from fl_userdp import report
+from fl_userdp.records import report
 from fl_userdp.errors import ConfigError
 from fl_userdp.server.flower_accountant import FlowerRdpAccountant
 

@@ -127,7 +127,7 @@ def test_linear_corpus_is_lazy_and_deterministic_and_local_steps_match_the_gradi
               [np.ones(8)], 1, np.arange(10))
     s = w.uls(parse_config({**LINEAR, "privacy.clip-norm": 1e6, "train.local-lr": 0.1}), [np.ones(8)], 1, np.arange(10))
     # one full-batch step = lr · mean gradient, to the grid each record is put on (unit ≈ C·2^-30, per record)
-    from fl_userdp.fixed_point import grid_unit
+    from fl_userdp.mechanism.fixed_point import grid_unit
     np.testing.assert_allclose(s.total, 0.1 * g.total, rtol=0, atol=10 * 2 * grid_unit(1e6))
     assert np.isfinite(w.evaluate(w_cfg, [np.ones(8)]))
     # several smaller local steps: the vectorised schedule equals the per-user loop

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fl_userdp.clients.compute import LinearWorker
-from fl_userdp.clipping import clip_factors, clip_rows
+from fl_userdp.mechanism.clipping import clip_factors, clip_rows
 from fl_userdp.config import parse_config
 from fl_userdp.local import updates
 

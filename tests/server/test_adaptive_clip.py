@@ -10,10 +10,10 @@ from scipy import stats
 
 from fl_userdp.accounting import epsilon_for, make_event
 from fl_userdp.accounting.pld import step_pld
-from fl_userdp.adaptive_clip import effective_noise_multiplier, next_clip_norm, sum_noise_multiplier
+from fl_userdp.mechanism.adaptive_clip import effective_noise_multiplier, next_clip_norm, sum_noise_multiplier
 from fl_userdp.config import parse_config
 from fl_userdp.errors import ConfigError
-from fl_userdp.release_log import log_path, read_log
+from fl_userdp.records.release_log import log_path, read_log
 from fl_userdp.server.runner import Setup, noise_multiplier, run_mode
 from fl_userdp.server.strategy import NodeReply, UserDPStrategy
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_userdp import report
+from fl_userdp.records import report
 from fl_userdp.accounting import UserLevelAccountant, make_event
 from fl_userdp.cli import main
-from fl_userdp.release_log import log_path, read_log
+from fl_userdp.records.release_log import log_path, read_log
 from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ DRIVER = """
 import os, signal, sys
 kill_at, where = int(sys.argv[1]), sys.argv[2]
 if where == "after-log":      # the release is durable; nothing else has seen it
-    from fl_userdp import release_log
+    from fl_userdp.records import release_log
     append = release_log.ReleaseLog.append
     def dying(self, header, update):
         append(self, header, update)
@@ -273,7 +273,7 @@ def test_releases_the_log_lost_or_a_fresh_start_over_a_checkpoint_are_refused(tm
     blob = log.read_bytes()
     # the log lost its last releases (truncated at an entry boundary) while metrics.jsonl had published them
     contents = read_log(log)
-    from fl_userdp.release_log import ReleaseLog
+    from fl_userdp.records.release_log import ReleaseLog
     short = ReleaseLog(tmp_path / "short.log")
     short.start(contents.run)
     for entry in contents.releases[:7]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_userdp import report
+from fl_userdp.records import report
 from fl_userdp.cli import main
-from fl_userdp.release_log import log_path, read_log
+from fl_userdp.records.release_log import log_path, read_log
 
 ARGS = ["compare", "--backend", "inprocess", "--no-progress", "--rounds", "2", "--set", "model.name=linear",
         "--set", "model.dim=8", "--set", "data.num-users=40", "--set", "data.heldout-users=4",

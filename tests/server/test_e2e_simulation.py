@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_userdp import report
+from fl_userdp.records import report
 from fl_userdp.cli import main
 from ray_procs import actor_pids
 

@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fl_userdp.clients.app import app as client_app
 from fl_userdp.accounting import UserLevelAccountant
 from fl_userdp.config import parse_config
-from fl_userdp.noise import release_rng
+from fl_userdp.mechanism.noise import release_rng
 from fl_userdp.server.app import GridTransport
 from fl_userdp.server.inprocess import InProcessTransport
 from fl_userdp.server.runner import prepare

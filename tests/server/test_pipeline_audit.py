@@ -52,7 +52,7 @@ def test_the_noise_check_on_known_releases():
     per-round scale E / n_t with n_t ~ Poisson(E), is flagged."""
     import numpy as np
 
-    from fl_userdp.audit import check_release_noise
+    from fl_userdp.study.audit import check_release_noise
 
     T, d, std, E = 30, 2000, 3.0, 150.0
     for seed in range(5):

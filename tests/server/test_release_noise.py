@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fl_userdp.config import parse_config
-from fl_userdp.release_log import log_path
+from fl_userdp.records.release_log import log_path
 from fl_userdp.server import inprocess
 from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 
@@ -49,7 +49,7 @@ def test_compare_modes_and_runs_that_differ_have_independent_noise(tmp_path):
 
 def test_rounds_of_one_run_have_independent_noise(tmp_path):
     out = run(tmp_path, "rounds", ("els",), **{"checkpoint-every": 1})
-    from fl_userdp.release_log import read_log
+    from fl_userdp.records.release_log import read_log
     log = read_log(log_path(out, "els"))
     assert [r["round"] for r in log.releases] == [1, 2]
     # round 1's checkpoint was compacted, but the weights after round 1 and after round 2 are published
@@ -63,7 +63,7 @@ def test_count_noise_is_keyed_by_the_count_and_its_scale(tmp_path):
     """Adaptive clipping releases a noised centred count with the sum. Two runs differing only in the count's
     noise multiplier must not share its noise draw: with a shared draw z, the two published fractions
     b̃_i = (c + σ_i z) / E + ½ solve for the exact centred count c."""
-    from fl_userdp.release_log import read_log
+    from fl_userdp.records.release_log import read_log
 
     fractions = {}
     for sb in (0.5, 3.0):

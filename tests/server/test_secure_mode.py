@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from fl_userdp.config import parse_config
-from fl_userdp.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
-from fl_userdp.sampling import poisson_users
+from fl_userdp.mechanism.noise import SecureGenerator, gaussian_noise, release_rng, secure_standard_normal
+from fl_userdp.mechanism.sampling import poisson_users
 from fl_userdp.server.strategy import NodeReply, UserDPStrategy
 
 SHAPES = [(200, 100), (5000,)]
@@ -124,7 +124,7 @@ def test_secure_runs_sample_different_cohorts_at_the_declared_rate():
 def test_secure_normals_are_four_box_muller_draws_halved(monkeypatch):
     """Floating-point attacks read the gaps of a single sampler draw: each secure normal is the sum of
     4 independent Box–Muller draws divided by 2 (opacus' secure mode), and is exactly N(0, 1)."""
-    import fl_userdp.noise as noise
+    import fl_userdp.mechanism.noise as noise
 
     calls = []
     monkeypatch.setattr(noise, "box_muller", lambda n: calls.append(n) or np.full(n, float(len(calls))))

@@ -1,5 +1,5 @@
 """Sharding and backend are speed only: a seeded run publishes the same bits whatever `sim.users-per-node`
-or the backend (the clipped records are summed exactly on the grid of `fl_userdp.fixed_point`, so the keyed
+or the backend (the clipped records are summed exactly on the grid of `fl_userdp.mechanism.fixed_point`, so the keyed
 noise is the same draw), for ULS and ELS, the LM and the linear task."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fl_userdp.config import parse_config
-from fl_userdp.fixed_point import grid_sum, grid_unit, on_grid, record_clip_norm, scaled_grid_sum, to_grid
+from fl_userdp.mechanism.fixed_point import grid_sum, grid_unit, on_grid, record_clip_norm, scaled_grid_sum, to_grid
 from fl_userdp.server import inprocess
 from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint
 

@@ -6,7 +6,7 @@ import pytest
 
 from fl_userdp.config import parse_config
 from fl_userdp.errors import ConfigError
-from fl_userdp.noise import release_rng
+from fl_userdp.mechanism.noise import release_rng
 from fl_userdp.rng import rng_for
 from fl_userdp.server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from fl_userdp.server.runner import Setup, run_mode

@@ -14,7 +14,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from scipy import stats
 
 from fl_userdp.config import parse_config
-from fl_userdp.release_log import log_path, read_log
+from fl_userdp.records.release_log import log_path, read_log
 from fl_userdp.server import inprocess
 from fl_userdp.server.strategy import UserDPStrategy
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_userdp import report
-from fl_userdp.release_log import log_path, read_log
+from fl_userdp.records import report
+from fl_userdp.records.release_log import log_path, read_log
 from ray_procs import actor_pids
 
 pytestmark = pytest.mark.slow

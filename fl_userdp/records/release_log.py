@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAGIC = b"FLRL"
 VERSION = 2   # 2: every entry carries the run's id

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from .rng import rng_for
+from ..rng import rng_for
 
 
 def _os_uniform(n: int) -> np.ndarray:

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from .accounting import UserLevelAccountant, calibrate_noise, make_event
-from .aggregate import expected_count, release
-from .errors import ConfigError
-from .rng import rng_for
+from ..accounting import UserLevelAccountant, calibrate_noise, make_event
+from ..mechanism.aggregate import expected_count, release
+from ..errors import ConfigError
+from ..rng import rng_for
 
 
 @dataclass(frozen=True)

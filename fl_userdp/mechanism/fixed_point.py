@@ -2,7 +2,7 @@
 
 A float sum's last bits depend on the order and grouping of its terms: the same users summed in nodes of
 256 or of 37 give sums that differ in the last bits. Since a seeded run keys its noise by the released sum
-(`fl_userdp.noise.release_rng`), that difference would make a rerun with other sharding a second,
+(`fl_userdp.mechanism.noise.release_rng`), that difference would make a rerun with other sharding a second,
 independently noised release of the same users. (Exact sums are also what secure aggregation needs.)
 
 So every clipped record is put on a grid before it is added: coordinate x becomes trunc(x / u)·u with
@@ -63,7 +63,7 @@ def grid_sum(records: np.ndarray, clip_norm: float) -> np.ndarray:
 
 def scaled_grid_sum(factors: np.ndarray, records: np.ndarray, clip_norm: float) -> np.ndarray:
     """Σ_i grid(factors_i · records_i): the exact sum of the clipped records (rows of `records`, factors from
-    `fl_userdp.clipping.clip_factors`), without materialising more than one float64 copy."""
+    `fl_userdp.mechanism.clipping.clip_factors`), without materialising more than one float64 copy."""
     e = grid_exponent(clip_norm)
     scaled = np.asarray(records, np.float64) * np.ldexp(np.asarray(factors, np.float64), e)[:, None]
     return np.ldexp(np.trunc(scaled, out=scaled).sum(axis=0), -e)

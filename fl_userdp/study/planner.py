@@ -45,7 +45,7 @@ divided by its record's measured cosine — `signal_noise_ratio` is then the noi
 per unit of signal along the mean gradient — and ULS takes the lowest, without
 the 10 % slack. Without one, the ratio is per record and its ULS-vs-ELS
 comparison is biased toward ELS by a; `fl-userdp advise` makes the comparison
-between modes with the measured gain (`fl_userdp.advisor`).
+between modes with the measured gain (`fl_userdp.study.advisor`).
 
 **Units.** An example is one row of `model.seq-len` tokens of a user's
 tokenised text (the run packs each user's texts into such rows), so n_u, k
@@ -61,7 +61,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ELS_QUANTILES = (0.5, 0.75, 0.9)
 ULS_QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -156,12 +156,12 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
               calibrate: Callable | None = None, seq_len: int | None = None, pilot=None) -> Plan:
     """Evaluate the ELS and ULS candidates and pick one of each (see the module docstring).
 
-    `pilot` (a `fl_userdp.advisor.Pilot`): score candidates per unit of measured signal (`Candidate.score`).
+    `pilot` (a `fl_userdp.study.advisor.Pilot`): score candidates per unit of measured signal (`Candidate.score`).
 
     `seq_len` (tokens per example row, `model.seq-len`) only labels the unit of the counts.
     """
     if calibrate is None:
-        from .accounting import calibrate_noise as calibrate
+        from ..accounting import calibrate_noise as calibrate
     n = check_counts(counts)
     check_budget(examples_per_step, steps, epsilon, delta)
     if not (clip_norm > 0):

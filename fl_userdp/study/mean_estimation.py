@@ -35,13 +35,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .accounting import UserLevelAccountant, calibrate_noise, make_event
-from .aggregate import expected_count, release
-from .clipping import clip_factors
-from .errors import ConfigError
-from .noise import SecureGenerator, release_rng
-from .rng import hashed_normals, rng_for
-from .sampling import MODE_KEYS, CappedExamples, cap_examples, poisson_examples, poisson_users
+from ..accounting import UserLevelAccountant, calibrate_noise, make_event
+from ..mechanism.aggregate import expected_count, release
+from ..mechanism.clipping import clip_factors
+from ..errors import ConfigError
+from ..mechanism.noise import SecureGenerator, release_rng
+from ..rng import hashed_normals, rng_for
+from ..mechanism.sampling import MODE_KEYS, CappedExamples, cap_examples, poisson_examples, poisson_users
 
 MODES = ("uls", "els")
 CALIBRATION_TOL = 1e-2  # relative σ tolerance; σ is rounded up, so ε never exceeds the target

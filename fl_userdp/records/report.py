@@ -190,7 +190,7 @@ def data_entry(data: dict[str, Any] | None, publish_diagnostics: bool = True) ->
 
 
 def _data_markdown(entry: dict[str, Any]) -> str:
-    from .data.inventory import data_line
+    from ..data.inventory import data_line
 
     return data_line({**entry, "dropped": (entry.get(DIAGNOSTICS) or {}).get("dropped")})
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 COUNT_NOISE_FRACTION = 1 / 20  # default σ_b = expected count / 20
 

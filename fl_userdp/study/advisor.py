@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .planner import check_budget, check_counts
 
 CAPS = (1, 2, 4, 8, 16, 32, 64)
@@ -146,7 +146,7 @@ def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: 
            calibrate: Callable | None = None) -> Advice:
     """Every feasible cap of each mode scored by `snr`; the best of each mode and the predicted winner."""
     if calibrate is None:
-        from .accounting import calibrate_noise as calibrate
+        from ..accounting import calibrate_noise as calibrate
     n = check_counts(counts)
     check_budget(examples_per_step, steps, epsilon, delta)
     caps = sorted(set(caps or CAPS) & set(pilot.example_cosine) & set(pilot.user_cosine))
