@@ -65,6 +65,7 @@ class ModelConfig:
     device: str = "cpu"
     autocast: str = "none"            # "none" | "bf16": forward/backward under bfloat16 autocast; clipping and sums in float32
     dim: int = 64                     # linear model only: number of features (and weights)
+    init_weights: str = ""            # tiny model only: a torch state-dict file of the base model (a warm start); "" = random weights from the seed
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class DataConfig:
     example_similarity: float = 0.0   # synthetic text: chance each token of a user's example copies the user's template row (1: all rows alike)
     user_column: str = "user"
     text_column: str = "text"
+    split_seed: int = -1              # seed of the held-out/training split of a text source; < 0: the run's seed (fixes the population across seeds)
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.name in ("tiny", "linear") or Path(m.name).exists() or is_task_spec(m.name), "model.name", m.name,
          "must be 'tiny', 'linear', an existing local path or a task factory 'package.module:factory'")
     need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")
+    need(not m.init_weights or (m.name == "tiny" and Path(m.init_weights).is_file()), "model.init-weights",
+         m.init_weights, "must name an existing file, with model.name 'tiny'")
     need(m.name != "linear" or d.source == "synthetic", "data.source", d.source,
          "must be 'synthetic' with model.name 'linear' (the linear task has its own synthetic users)")
     need(d.source in ("synthetic", "shakespeare") or Path(d.source).exists(), "data.source", d.source,

@@ -131,7 +131,8 @@ class TextCorpus(UserCorpus):
     """Users of real text, tokenised and packed (see the module docstring)."""
 
     def __init__(self, users: Mapping[str, Sequence[str]], tokenizer: Tokenizer, seq_len: int,
-                 num_users: int, heldout_users: int, seed: int, source: str = "<memory>") -> None:
+                 num_users: int, heldout_users: int, seed: int, source: str = "<memory>",
+                 split_seed: int | None = None) -> None:
         names = [u for u, texts in users.items() if any(t.strip() for t in texts)]
         read = getattr(users, "dropped", None) or Dropped()
         self.dropped = Dropped(dict(read.reasons), read.users + len(users) - len(names))
@@ -140,7 +141,7 @@ class TextCorpus(UserCorpus):
         if heldout_users >= len(names):
             raise ConfigError("data.heldout-users", heldout_users,
                               f"must be < the number of users in {source} ({len(names)})")
-        rng = rng_for(seed, "data", 3, 0)
+        rng = rng_for(seed if split_seed is None or split_seed < 0 else split_seed, "data", 3, 0)
         order = rng.permutation(len(names))
         held = sorted(order[:heldout_users].tolist())
         rest = sorted(order[heldout_users:].tolist())
@@ -182,4 +183,5 @@ def text_corpus(users: Mapping[str, Sequence[str]], data_cfg: DataConfig, model_
     tok = tokenizer if tokenizer is not None else tokenizer_for(model_cfg)
     if model_cfg.name == "tiny" and tok.vocab_size > model_cfg.vocab_size:
         raise ConfigError("model.vocab-size", model_cfg.vocab_size, f"must be >= the tokenizer's {tok.vocab_size}")
-    return TextCorpus(users, tok, model_cfg.seq_len, data_cfg.num_users, data_cfg.heldout_users, seed, source)
+    return TextCorpus(users, tok, model_cfg.seq_len, data_cfg.num_users, data_cfg.heldout_users, seed, source,
+                      data_cfg.split_seed)

@@ -6,7 +6,9 @@ only trainable parameters are the LoRA adapters:
 * `model.name == "tiny"`: a small `LlamaForCausalLM` built from the config
   (vocab_size, hidden_size, num_layers, num_heads, max positions >= seq_len),
   its weights drawn under `torch.manual_seed(seed)` inside a forked RNG, so the
-  server and every node get bit-identical base and initial adapter weights.
+  server and every node get bit-identical base and initial adapter weights;
+  with `model.init-weights` the base's weights are loaded from that state-dict
+  file instead (a warm start; the LoRA adapters are still drawn from the seed).
 * a local folder or a `.gguf` file: `fl_userdp.local.pretrained.load_causal_lm`
   (offline, `local_files_only`; a missing path, a folder without config.json
   or a GGUF without the `gguf` package is a ConfigError naming `model.name`).
@@ -38,7 +40,7 @@ _PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionar
 
 
 
-def _tiny_base(model_cfg: ModelConfig) -> nn.Module:
+def tiny_base(model_cfg: ModelConfig) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -55,7 +57,11 @@ def _tiny_base(model_cfg: ModelConfig) -> nn.Module:
         initializer_range=0.1,  # 0.02 (HF default) caps logit gaps of a frozen random lm_head at ~1 nat
     )
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if model_cfg.init_weights:           # a warm start: the base's weights from a file (the adapters stay seeded)
+        state = torch.load(model_cfg.init_weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model
 
 
 def _pretrained_base(model_cfg: ModelConfig) -> nn.Module:
@@ -86,7 +92,7 @@ def build_model(model_cfg: ModelConfig, seed: int) -> nn.Module:
     device = resolve_device(model_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        base = _tiny_base(model_cfg) if model_cfg.name == "tiny" else _pretrained_base(model_cfg)
+        base = tiny_base(model_cfg) if model_cfg.name == "tiny" else _pretrained_base(model_cfg)
         base = base.to(device=device, dtype=_DTYPES[model_cfg.dtype])  # move BEFORE peft (opacus#820)
         config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=0.0,
                             target_modules=lora_targets(model_cfg, base), bias="none")

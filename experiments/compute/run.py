@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""ELS or ULS under large compute as the paper means it: more steps on the same users, from a useful model.
+
+    OMP_NUM_THREADS=1 python experiments/compute/run.py --jobs 2 [--stage tune|report|diversity|all]
+    python experiments/compute/report.py            # tests, tables, figure -> results.md and experiments/README
+
+The design and its tests are fixed in PREREGISTERED.md (committed before the first reporting run). In short:
+
+* **Population** fixed: Shakespeare's 1,289 (play, character) users (`data.split-seed` 0: the same 64 held-out
+  users and the same 1,289 training users for every seed; the seed moves the model's adapters, the sampling and
+  the noise). **Start** from `warm_base.pt` (`warm_start.py`: the tiny LM's base trained on the poems, text no
+  user holds).
+* **Compute** B = 32 expected examples per step; T ∈ {25, 100, 400, 1600} steps on the same users
+  (epochs q·T move with T only). ε ∈ {1, 8} at δ = 1e-6, σ calibrated per run.
+* **Tuning** per mode, ε and T ∈ {25, 100, 400} on a separate split (`data.split-seed` 1: other held-out
+  users), two tuning seeds at T ≤ 100 and one at T = 400 (mean loss): server lr (Adam) at cap 4, C 0.5, over
+  (0.003, 0.01, 0.03), stepping past an edge while it improves; then the cap (k for ELS, G for ULS) over
+  (1, 4, 16), and 64 when 16 wins; then C over (0.1, 0.5, 2), stepping past an edge while it improves.
+  T = 1600 uses T = 400's choices (a cut for CPU time).
+* **Reporting** seeds 0-5, ELS − ULS paired by seed. σ = 0 reference per T and mode at T = 400's choices.
+* **Diversity contrast**: a synthetic population of 2,000 users (random start: the synthetic vocabulary is the
+  study's own), independent examples (example-similarity 0) vs near-copies (0.95), T ∈ {25, 400}, ε = 8;
+  tuned per mode, cell and T on the cap only (1, 4, 16) at lr 0.01, C 0.5, one tuning seed (a cut).
+
+Every finished simulation is one keyed line in results.jsonl: an interrupted study resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.results_log import commit, load  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.jsonl"
+WARM = HERE / "warm_base.pt"
+B, DELTA = 32, 1e-6
+STEPS = (25, 100, 400, 1600)
+TUNED_AT = {25: 25, 100: 100, 400: 400, 1600: 400}
+EPSILONS = (1.0, 8.0)
+REPORT_SEEDS = (0, 1, 2, 3, 4, 5)
+TUNE_SEEDS = {25: (100, 101), 100: (100, 101), 400: (100,)}
+LRS, CAPS, CLIPS = (0.003, 0.01, 0.03), (1, 4, 16), (0.1, 0.5, 2.0)
+LR0, CAP0, CLIP0 = 0.01, 4, 0.5
+DIVERSITY = {"independent": 0.0, "near-copies": 0.95}
+DIVERSITY_STEPS, DIVERSITY_USERS, DIVERSITY_EPS = (25, 400), 2000, 8.0
+
+
+def base_config(corpus: str, seed: int, split: int) -> dict:
+    cfg = {"seed": seed, "privacy.delta": DELTA, "privacy.secure-mode": False, "data.heldout-users": 64,
+           "train.eval-examples": 4096}
+    if corpus == "shakespeare":
+        cfg.update({"data.source": "shakespeare", "data.num-users": 1289, "data.split-seed": split,
+                    "model.init-weights": str(WARM)})
+    else:
+        cfg.update({"data.num-users": DIVERSITY_USERS, "data.example-similarity": DIVERSITY[corpus]})
+    return cfg
+
+
+_COUNTS: dict = {}
+
+
+def counts_of(corpus: str, seed: int, split: int) -> np.ndarray:
+    key = (corpus, seed if corpus != "shakespeare" else None, split)
+    if key not in _COUNTS:
+        from fl_userdp.config import parse_config
+        from fl_userdp.data import load_corpus
+        cfg = parse_config(base_config(corpus, seed, split))
+        if corpus == "shakespeare":
+            _COUNTS[key] = np.asarray(load_corpus(cfg.data, cfg.model, seed).counts)
+        else:
+            from fl_userdp.data.synthetic_text import population_counts
+            _COUNTS[key] = population_counts(cfg.data, seed)[:cfg.data.num_users]
+    return _COUNTS[key]
+
+
+def run_config(corpus: str, mode: str, eps: float, steps: int, seed: int, lr: float, cap: int, clip: float,
+               split: int = 0, sigma: float | None = None) -> dict:
+    counts = counts_of(corpus, seed, split)
+    q = min(1.0, B / float(np.minimum(counts, cap).sum()))
+    cfg = base_config(corpus, seed, split)
+    cfg.update({"privacy.mode": mode, "privacy.target-epsilon": eps, "privacy.sampling-rate": q,
+                "privacy.max-examples-per-user": cap, "privacy.clip-norm": clip, "train.rounds": steps,
+                "train.server-lr": lr, "train.eval-every": steps, "sim.users-per-node": len(counts)})
+    if sigma is not None:
+        cfg["privacy.noise-multiplier"] = sigma
+    return cfg
+
+
+def simulate_one(key: str, cfg: dict) -> dict:
+    """One in-process simulation in a worker process: the final held-out loss and what the run used."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    torch.set_num_threads(1)
+    import fl_userdp
+    t0 = time.perf_counter()
+    mode = cfg["privacy.mode"]
+    run = fl_userdp.simulate(cfg, modes=[mode], backend="inprocess")[mode]
+    recs = run.records
+    clipped = np.array([r["clipped_fraction"] for r in recs if r.get("clipped_fraction") is not None], dtype=float)
+    return {"key": key, "eval_loss": recs[-1]["eval_loss"], "epsilon": run.epsilon, "sigma": run.noise_multiplier,
+            "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"],
+            "clipped_fraction": float(np.nanmean(clipped)) if clipped.size else None,
+            "seconds": round(time.perf_counter() - t0, 2), "config": cfg}
+
+
+class Study:
+    """Runs batches of keyed simulations on a process pool, skipping what results.jsonl holds."""
+
+    def __init__(self, jobs: int, out: Path) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=jobs)
+        self.out, self.done, self.rev = out, load(out), commit()
+
+    def run(self, batch: dict[str, dict]) -> dict[str, float]:
+        """{key: config} -> {key: held-out loss}; runs what is missing, longest first."""
+        todo = sorted((k for k in batch if k not in self.done), key=lambda k: -batch[k]["train.rounds"])
+        futures = {k: self.pool.submit(simulate_one, k, batch[k]) for k in todo}
+        for k, fut in futures.items():
+            row = fut.result()
+            row["commit"] = self.rev
+            self.done[k] = row
+            with open(self.out, "a") as f:
+                import json
+                f.write(json.dumps(row) + "\n")
+            print(f"{k}: loss {row['eval_loss']:.4f} σ {row['sigma']:.3f} clipped {row['clipped_fraction'] or 0:.2f}"
+                  f" {row['seconds']:.0f} s", flush=True)
+        return {k: self.done[k]["eval_loss"] for k in batch}
+
+
+def tune_key(corpus, mode, eps, steps, lr, cap, clip, seed) -> str:
+    return f"tune|{corpus}|{mode}|eps{eps:g}|T{steps}|lr{lr:g}|cap{cap}|C{clip:g}|seed{seed}"
+
+
+def tune(study: Study, cells: list[tuple], seeds_of, lrs=LRS, caps=CAPS, clips=CLIPS, split: int = 1) -> dict:
+    """Coordinate search for every cell (corpus, mode, eps, steps) at once, batch by batch:
+    lr at (CAP0, CLIP0), then the cap, then C; an lr or C that wins at a grid edge is stepped past (x3 / ÷3)
+    while it improves. Score: mean held-out loss over the cell's tuning seeds. Returns {cell: (lr, cap, clip)}."""
+    best = {c: (LR0, CAP0, CLIP0) for c in cells}
+
+    def score(points: dict) -> dict:
+        batch = {}
+        for cell, pts in points.items():
+            corpus, mode, eps, steps = cell
+            for lr, cap, clip in pts:
+                for s in seeds_of(cell):
+                    batch[tune_key(corpus, mode, eps, steps, lr, cap, clip, s)] = run_config(
+                        corpus, mode, eps, steps, s, lr, cap, clip, split=split)
+        loss = study.run(batch)
+        return {cell: {p: float(np.mean([loss[tune_key(*cell, *p, s)] for s in seeds_of(cell)])) for p in pts}
+                for cell, pts in points.items()}
+
+    def line(axis: int, grid, edge_step: float | None) -> None:
+        def at(c, v):
+            return tuple(v if i == axis else best[c][i] for i in range(3))
+        tried = score({c: [at(c, v) for v in grid] for c in cells})
+        for c in cells:
+            best[c] = min(tried[c], key=tried[c].get)
+        while edge_step is not None:              # a winner on the edge of what was tried: one step past it
+            nxt = {}
+            for c in cells:
+                values = [p[axis] for p in tried[c]]
+                v = best[c][axis]
+                if v in (min(values), max(values)):
+                    cand = at(c, v / edge_step if v == min(values) else v * edge_step)
+                    if cand not in tried[c] and len(values) < len(grid) + 3:
+                        nxt[c] = [cand]
+            if not nxt:
+                return
+            for c, sc in score(nxt).items():
+                tried[c].update(sc)
+                best[c] = min(tried[c], key=tried[c].get)
+
+    line(0, lrs, 3.0)
+    line(1, caps, None)
+    grown = [c for c in cells if best[c][1] == max(caps)]
+    if grown:
+        extra = {c: [best[c], (best[c][0], 64, best[c][2])] for c in grown}
+        for c, sc in score(extra).items():
+            best[c] = min(sc, key=sc.get)
+    line(2, clips, 4.0)
+    return best
+
+
+def shakespeare(study: Study, stage: str) -> None:
+    cells = [("shakespeare", m, e, t) for t in (25, 100, 400) for e in EPSILONS for m in ("uls", "els")]
+    chosen = tune(study, cells, lambda c: TUNE_SEEDS[c[3]])
+    for c, p in chosen.items():
+        print("tuned", c, p, flush=True)
+    if stage == "tune":
+        return
+    for seed in REPORT_SEEDS:                       # seed by seed: a cut study still has whole seeds
+        batch = {}
+        for t in STEPS:
+            for e in EPSILONS:
+                for m in ("uls", "els"):
+                    lr, cap, clip = chosen[("shakespeare", m, e, TUNED_AT[t])]
+                    batch[f"report|shakespeare|{m}|eps{e:g}|T{t}|seed{seed}"] = run_config(
+                        "shakespeare", m, e, t, seed, lr, cap, clip)
+        if seed == 0:
+            for t in STEPS:
+                for m in ("uls", "els"):
+                    lr, cap, clip = chosen[("shakespeare", m, 8.0, TUNED_AT[t])]
+                    batch[f"reference|shakespeare|{m}|T{t}"] = run_config("shakespeare", m, 8.0, t, 0, lr, cap, clip,
+                                                                        sigma=0.0)
+        study.run(batch)
+
+
+def diversity(study: Study) -> None:
+    cells = [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")]
+    chosen = {}
+    loss = study.run(batch)
+        return {cell: {p: float(np.mean([loss[tune_key(*cell, *p, s)] for s in seeds_of(cell)])) for p in pts}
+                for cell, pts in points.items()}
+
+    def line(axis: int, grid, edge_step: float | None) -> None:
+        def at(c, v):
+            return tuple(v if i == axis else best[c][i] for i in range(3))
+        tried = score({c: [at(c, v) for v in grid] for c in cells})
+        for c in cells:
+            best[c] = min(tried[c], key=tried[c].get)
+        while edge_step is not None:              # a winner on the edge of what was tried: one step past it
+            nxt = {}
+            for c in cells:
+                values = [p[axis] for p in tried[c]]
+                v = best[c][axis]
+                if v in (min(values), max(values)):
+                    cand = at(c, v / edge_step if v == min(values) else v * edge_step)
+                    if cand not in tried[c] and len(values) < len(grid) + 3:
+                        nxt[c] = [cand]
+            if not nxt:
+                return
+            for c, sc in score(nxt).items():
+                tried[c].update(sc)
+                best[c] = min(tried[c], key=tried[c].get)
+
+    line(0, lrs, 3.0)
+    line(1, caps, None)
+    grown = [c for c in cells if best[c][1] == max(caps)]
+    if grown:
+        extra = {c: [best[c], (best[c][0], 64, best[c][2])] for c in grown}
+        for c, sc in score(extra).items():
+            best[c] = min(sc, key=sc.get)
+    line(2, clips, 4.0)
+    return best
+
+
+def shakespeare(study: Study, stage: str) -> None:
+    cells = [("shakespeare", m, e, t) for t in (25, 100, 400) for e in EPSILONS for m in ("uls", "els")]
+    chosen = tune(study, cells, lambda c: TUNE_SEEDS[c[3]])
+    for c, p in chosen.items():
+        print("tuned", c, p, flush=True)
+    if stage == "tune":
+        return
+    for seed in REPORT_SEEDS:                       # seed by seed: a cut study still has whole seeds
+        batch = {}
+        for t in STEPS:
+            for e in EPSILONS:
+                for m in ("uls", "els"):
+                    lr, cap, clip = chosen[("shakespeare", m, e, TUNED_AT[t])]
+                    batch[f"report|shakespeare|{m}|eps{e:g}|T{t}|seed{seed}"] = run_config(
+                        "shakespeare", m, e, t, seed, lr, cap, clip)
+        if seed == 0:
+            for t in STEPS:
+                for m in ("uls", "els"):
+                    lr, cap, clip = chosen[("shakespeare", m, 8.0, TUNED_AT[t])]
+                    batch[f"reference|shakespeare|{m}|T{t}"] = run_config("shakespeare", m, 8.0, t, 0, lr, cap, clip,
+                                                                        sigma=0.0)
+        study.run(batch)
+
+
+def diversity(study: Study) -> None:
+    cells = [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")]
+    chosen = {}
+    for c in cells:
+        batch = {tune_key(*c, LR0, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0)
+                 for cap in CAPS}
+        chosen[c] = None
+    loss = study.run({k: v for c in cells for k, v in {tune_key(*c, LR0, cap, CLIP0, 100): run_config(
+        c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0) for cap in CAPS}.items()})
+    for c in cells:
+        chosen[c] = min(CAPS, key=lambda cap: loss[tune_key(*c, LR0, cap, CLIP0, 100)])
+        print("tuned", c, chosen[c], flush=True)
+    for seed in REPORT_SEEDS:
+        study.run({f"report|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|seed{seed}": run_config(
+            c[0], c[1], c[2], c[3], seed, LR0, chosen[c], CLIP0) for c in cells})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--stage", default="all", choices=("tune", "report", "diversity", "all"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    study = Study(args.jobs, args.out)
+    if args.stage in ("tune", "report", "all"):
+        shakespeare(study, args.stage)
+    if args.stage in ("diversity", "all"):
+        diversity(study)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
