@@ -24,6 +24,7 @@ STREAMS = {
     "audit": 8,      # canaries and audit draws
     "pilot": 9,      # the advisor's pilot users and rows (fl_userdp.local.pilot)
     "similar": 10,   # synthetic text: each user's template and the copies of it (data.example-similarity)
+    "groups": 11,    # the one-time split of users into cyclic participation groups (privacy.bands > 1)
 }
 
 

@@ -18,7 +18,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
-from .events import ElsStep, Event, UlsRound, event_from_dict, event_to_dict, make_event
+from .events import ElsStep, Event, UlsRound, event_from_dict, event_to_dict, make_event, participations
 from .group import group_epsilon
 from .pld import Run
 from .pld import epsilon as pld_epsilon
@@ -51,13 +51,16 @@ def check_backend(backend: str, mode: str | None = None) -> str:
 
 
 def epsilon_for(runs: Sequence[Run], delta: float, backend: str = "pld") -> float:
-    """User-level epsilon of `runs` at `delta` with the named backend (or a plug-in, 'package.module:Factory')."""
+    """User-level epsilon of `runs` at `delta` with the named backend (or a plug-in, 'package.module:Factory').
+
+    A built-in backend composes a b-banded event's releases as ⌈count/b⌉ participations (`participations`); a
+    plug-in ledger gets the events themselves (the runner refuses banded noise with a plug-in)."""
     if is_plugin(backend):
         return plugin_epsilon(backend, runs, check_delta(delta))
     fn: Callable[[Sequence[Run], float], float] = {
         "pld": pld_epsilon, "rdp": rdp_epsilon, "group": group_epsilon
     }[check_backend(backend)]
-    return fn(runs, check_delta(delta))
+    return fn(participations(runs), check_delta(delta))
 
 
 def _merge(runs: list[Run], event: Event, count: int) -> list[Run]:

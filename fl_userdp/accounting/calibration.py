@@ -24,19 +24,21 @@ def calibrate_noise(
     max_examples_per_user: int | None = None,
     backend: str = "pld",
     rel_tol: float = 1e-3,
+    bands: int = 1,
 ) -> tuple[float, float]:
-    """Return (σ, achieved ε) for `steps` releases of the mode's event."""
+    """Return (σ, achieved ε) for `steps` releases of the mode's event (`bands` > 1: banded noise over cyclic
+    groups, ⌈steps/bands⌉ participations — `fl_userdp.accounting.events.participations`)."""
     if not isinstance(target_epsilon, (int, float)) or not (target_epsilon > 0) or math.isinf(target_epsilon):
         raise ConfigError("target-epsilon", target_epsilon, "must be a finite number > 0")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError("steps", steps, "must be an integer >= 0")
 
     def eps(sigma: float) -> float:
-        event = make_event(mode, sampling_rate, sigma, max_examples_per_user)
+        event = make_event(mode, sampling_rate, sigma, max_examples_per_user, bands)
         return epsilon_for([(event, steps)], delta, backend)
 
     if steps == 0:
-        make_event(mode, sampling_rate, 0.0, max_examples_per_user)  # validates
+        make_event(mode, sampling_rate, 0.0, max_examples_per_user, bands)  # validates
         return 0.0, 0.0
     hi = 1.0
     e_hi = eps(hi)

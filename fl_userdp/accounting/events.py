@@ -14,12 +14,21 @@ noise has standard deviation `noise_multiplier` (σ).
   removing one user (up to k examples) changes the sum by J·C in the worst
   case with J ~ Binomial(k, q): the tight pair is N(0, σ²) against the mixture
   Σ_j Binom(j; k, q)·N(j, σ²).
+
+Banded correlated noise (`bands` = b > 1, fl_userdp.mechanism.bandmf): the same event describes one round's
+draw *within the round's cyclic group*, and the run's releases are a b-banded strategy C (max column norm 1)
+applied to the round sums plus i.i.d. noise. A user's participations are b rounds apart, and columns of C
+that are ≥ b apart have disjoint supports, so the run is the adaptive composition of one such event per
+participation: T rounds of a b-banded event count as ⌈T/b⌉ events (`participations`), for ULS (amplified
+BandMF, Choquette-Choo et al. 2023) and for ELS (the mixture, as a user's examples share the user's group).
+A rate of 1 is the deterministic variant: the Gaussian mechanism at sensitivity 1 (ULS) or k (ELS) per
+participation, i.e. √participations·k over the run. With b = 1 an event is exactly today's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Union
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence, Union
 
 import numpy as np
 from scipy import stats
@@ -39,6 +48,11 @@ def _check_rate(q: float) -> None:
         raise ConfigError("sampling-rate", q, f"must be in [{MIN_SAMPLING_RATE:g}, 1]")
 
 
+def _check_bands(bands: int) -> None:
+    if isinstance(bands, bool) or not isinstance(bands, (int, np.integer)) or bands < 1:
+        raise ConfigError("bands", bands, "must be an integer >= 1")
+
+
 def _check_sigma(sigma: float) -> None:
     if not isinstance(sigma, (int, float)) or math.isnan(sigma) or sigma < 0 or math.isinf(sigma):
         raise ConfigError("noise-multiplier", sigma, "must be a finite number >= 0")
@@ -53,10 +67,12 @@ class UlsRound:
 
     sampling_rate: float
     noise_multiplier: float
+    bands: int = 1          # b > 1: one round of banded noise within a cyclic group (module docstring)
 
     def __post_init__(self) -> None:
         _check_rate(self.sampling_rate)
         _check_sigma(self.noise_multiplier)
+        _check_bands(self.bands)
 
     mode = "uls"
 
@@ -73,10 +89,12 @@ class ElsStep:
     sampling_rate: float
     noise_multiplier: float
     max_examples_per_user: int
+    bands: int = 1          # b > 1: one step of banded noise within a cyclic group (module docstring)
 
     def __post_init__(self) -> None:
         _check_rate(self.sampling_rate)
         _check_sigma(self.noise_multiplier)
+        _check_bands(self.bands)
         k = self.max_examples_per_user
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError("max-examples-per-user", k, "must be an integer >= 1")
@@ -113,24 +131,35 @@ def make_event(
     sampling_rate: float,
     noise_multiplier: float,
     max_examples_per_user: int | None = None,
+    bands: int = 1,
 ) -> Event:
-    """Build the event for one release of `mode` ('uls' or 'els')."""
+    """Build the event for one release of `mode` ('uls' or 'els'); `bands` > 1: banded noise, cyclic groups."""
     if mode == "uls":
-        return UlsRound(float(sampling_rate), float(noise_multiplier))
+        return UlsRound(float(sampling_rate), float(noise_multiplier), bands)
     if mode == "els":
         if max_examples_per_user is None:
             raise ConfigError(
                 "max-examples-per-user", None, "is required for mode 'els'"
             )
-        return ElsStep(float(sampling_rate), float(noise_multiplier), max_examples_per_user)
+        return ElsStep(float(sampling_rate), float(noise_multiplier), max_examples_per_user, bands)
     raise ConfigError("mode", mode, f"must be one of {list(MODES)}")
 
 
+def participations(runs: Sequence[tuple[Event, int]]) -> list[tuple[Event, int]]:
+    """The runs an accountant composes: `count` releases of a b-banded event are ⌈count/b⌉ participations of
+    the same event at b = 1 (module docstring). Each run is rounded up on its own, so a split history is
+    never counted as fewer participations than one run of the same length."""
+    return [(replace(e, bands=1), -(-int(c) // e.bands)) if e.bands > 1 else (e, c) for e, c in runs]
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
-    return {"mode": event.mode, **asdict(event)}
+    d = {"mode": event.mode, **asdict(event)}
+    if d["bands"] == 1:  # independent noise: the dict it always had
+        del d["bands"]
+    return d
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:
     return make_event(
-        d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user")
+        d["mode"], d["sampling_rate"], d["noise_multiplier"], d.get("max_examples_per_user"), d.get("bands", 1)
     )

@@ -40,11 +40,19 @@ class Release:
     expected_count: float
 
 
-def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expected: float, rng) -> Release:
-    """(Σ clipped + N(0, σ²C²·I)) / expected count; noise from `rng` (see `noise`: per-release or OS entropy)."""
+def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expected: float, rng,
+            stream=None) -> Release:
+    """(Σ clipped + N(0, σ²C²·I)) / expected count; noise from `rng` (see `noise`: per-release or OS entropy).
+
+    With `stream` (a `bandmf.NoiseStream`), the same draw z is turned into this round's w = (C⁻¹z)_t and the
+    noise is σC·w: banded correlated noise. A one-band stream returns z itself, so the release is the same
+    bits as without it."""
     if expected <= 0:
         raise ValueError(f"expected count must be > 0, got {expected}")
     std = noise_multiplier * clip_norm
     flat = np.asarray(total, dtype=np.float64).ravel()
-    noisy = flat + gaussian_noise(flat.size, std, rng)
+    if stream is None:
+        noisy = flat + gaussian_noise(flat.size, std, rng)
+    else:
+        noisy = flat + std * stream.next(gaussian_noise(flat.size, 1.0, rng))
     return Release(update=(noisy / expected).reshape(np.shape(total)), noise_std=std, expected_count=expected)

@@ -1,4 +1,5 @@
-"""Who contributes to a round: Poisson sampling of users (ULS) or examples (ELS).
+"""Who contributes to a round: Poisson sampling of users (ULS) or examples (ELS), over everyone or
+within one cyclic group.
 
 Users' examples are described as counts: `counts[u]` = n_u. The ELS cap keeps,
 once per run, a seeded subset of min(n_u, k) examples of each user and is
@@ -6,6 +7,15 @@ stored in CSR form (`CappedExamples`): user u's kept example ids are
 `example_ids[offsets[u]:offsets[u+1]]`. Sampling rates are declared by the
 caller and read by the accountant from the same config field; they are never
 inferred from data.
+
+Cyclic participation (`privacy.bands` = b > 1, for banded correlated noise): before round 1 the users
+are split into b groups by a keyed permutation dealt round robin (`cyclic_groups`: sizes differ by at most
+one; it depends on the seed only, never on the data, and need not be secret — the accounting holds for
+any data-independent split, taking the worst user). Round t draws only within group (t − 1) mod b: its
+users with probability q (ULS, `group_users`), or the kept examples of its users with probability q (ELS,
+`group_examples`; a user's examples all belong to the user's group), or, without sampling
+(privacy.participation = "fixed"), all of them. So a user's participations are exactly b rounds apart.
+With b = 1 the one group is everyone and the draws are exactly `poisson_users` / `poisson_examples`.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from functools import cached_property
 
 import numpy as np
 
+PARTICIPATIONS = ("poisson", "fixed")  # within the round's group: Poisson at rate q, or everyone
 MODE_KEYS = {"uls": 1, "els": 2}  # each mode's own sampling stream: rng_for(seed, "sampling", t, key=MODE_KEYS[mode])
 
 
@@ -87,9 +98,49 @@ class ExampleSample:
 
 def poisson_examples(rng: np.random.Generator, capped: CappedExamples, rate: float) -> ExampleSample:
     """Sample every kept example independently with probability `rate`."""
-    hit = np.flatnonzero(rng.random(capped.total) < rate)
+    return examples_at(capped, np.flatnonzero(rng.random(capped.total) < rate))
+
+
+def examples_at(capped: CappedExamples, hit: np.ndarray) -> ExampleSample:
+    """The kept examples at sorted positions `hit` (indices into the CSR arrays), grouped by user."""
     owner = capped.owners[hit]  # sorted: kept examples are stored grouped by user
     starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]])) if owner.size else owner
     users = owner[starts]
     offsets = np.concatenate([starts, [owner.size]]).astype(np.int64)
     return ExampleSample(users=users, offsets=offsets, example_ids=capped.example_ids[hit])
+
+
+def cyclic_groups(rng: np.random.Generator, num_users: int, groups: int) -> np.ndarray:
+    """Group (0 … groups − 1) of every user: a permutation from `rng` dealt round robin, so group sizes differ by
+    at most one. Drawn once per run, before round 1, from the seed alone."""
+    if groups < 1 or groups > num_users:
+        raise ValueError(f"groups must be in [1, {num_users}] (one user at least in each), got {groups}")
+    group = np.empty(num_users, dtype=np.int64)
+    group[rng.permutation(num_users)] = np.arange(num_users) % groups
+    return group
+
+
+def group_of_round(rnd: int, groups: int) -> int:
+    """The group that round `rnd` (1-based) draws from: (rnd − 1) mod groups."""
+    return (int(rnd) - 1) % int(groups)
+
+
+def group_users(rng, members: np.ndarray, rate: float) -> np.ndarray:
+    """Sorted ids of the group's users in the cohort: each of `members` (sorted) with probability `rate`; all of
+    them without a draw when `rate` is 1 (the deterministic variant)."""
+    if rate >= 1.0:
+        return members.copy()
+    return members[rng.random(members.size) < rate]
+
+
+def group_examples(rng, capped: CappedExamples, positions: np.ndarray, rate: float) -> ExampleSample:
+    """The group's kept examples in the step: each of `positions` (sorted indices of the kept examples of the
+    group's users) with probability `rate`; all of them without a draw when `rate` is 1."""
+    if rate >= 1.0:
+        return examples_at(capped, positions)
+    return examples_at(capped, positions[rng.random(positions.size) < rate])
+
+
+def group_positions(capped: CappedExamples, group: np.ndarray, g: int) -> np.ndarray:
+    """Sorted indices of the kept examples whose owners are in group `g`."""
+    return np.flatnonzero(group[capped.owners] == g)
