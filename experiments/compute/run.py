@@ -214,78 +214,10 @@ def shakespeare(study: Study, stage: str) -> None:
 
 def diversity(study: Study) -> None:
     cells = [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")]
-    chosen = {}
-    loss = study.run(batch)
-        return {cell: {p: float(np.mean([loss[tune_key(*cell, *p, s)] for s in seeds_of(cell)])) for p in pts}
-                for cell, pts in points.items()}
-
-    def line(axis: int, grid, edge_step: float | None) -> None:
-        def at(c, v):
-            return tuple(v if i == axis else best[c][i] for i in range(3))
-        tried = score({c: [at(c, v) for v in grid] for c in cells})
-        for c in cells:
-            best[c] = min(tried[c], key=tried[c].get)
-        while edge_step is not None:              # a winner on the edge of what was tried: one step past it
-            nxt = {}
-            for c in cells:
-                values = [p[axis] for p in tried[c]]
-                v = best[c][axis]
-                if v in (min(values), max(values)):
-                    cand = at(c, v / edge_step if v == min(values) else v * edge_step)
-                    if cand not in tried[c] and len(values) < len(grid) + 3:
-                        nxt[c] = [cand]
-            if not nxt:
-                return
-            for c, sc in score(nxt).items():
-                tried[c].update(sc)
-                best[c] = min(tried[c], key=tried[c].get)
-
-    line(0, lrs, 3.0)
-    line(1, caps, None)
-    grown = [c for c in cells if best[c][1] == max(caps)]
-    if grown:
-        extra = {c: [best[c], (best[c][0], 64, best[c][2])] for c in grown}
-        for c, sc in score(extra).items():
-            best[c] = min(sc, key=sc.get)
-    line(2, clips, 4.0)
-    return best
-
-
-def shakespeare(study: Study, stage: str) -> None:
-    cells = [("shakespeare", m, e, t) for t in (25, 100, 400) for e in EPSILONS for m in ("uls", "els")]
-    chosen = tune(study, cells, lambda c: TUNE_SEEDS[c[3]])
-    for c, p in chosen.items():
-        print("tuned", c, p, flush=True)
-    if stage == "tune":
-        return
-    for seed in REPORT_SEEDS:                       # seed by seed: a cut study still has whole seeds
-        batch = {}
-        for t in STEPS:
-            for e in EPSILONS:
-                for m in ("uls", "els"):
-                    lr, cap, clip = chosen[("shakespeare", m, e, TUNED_AT[t])]
-                    batch[f"report|shakespeare|{m}|eps{e:g}|T{t}|seed{seed}"] = run_config(
-                        "shakespeare", m, e, t, seed, lr, cap, clip)
-        if seed == 0:
-            for t in STEPS:
-                for m in ("uls", "els"):
-                    lr, cap, clip = chosen[("shakespeare", m, 8.0, TUNED_AT[t])]
-                    batch[f"reference|shakespeare|{m}|T{t}"] = run_config("shakespeare", m, 8.0, t, 0, lr, cap, clip,
-                                                                        sigma=0.0)
-        study.run(batch)
-
-
-def diversity(study: Study) -> None:
-    cells = [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")]
-    chosen = {}
+    loss = study.run({tune_key(*c, LR0, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0)
+                      for c in cells for cap in CAPS})
+    chosen = {c: min(CAPS, key=lambda cap: loss[tune_key(*c, LR0, cap, CLIP0, 100)]) for c in cells}
     for c in cells:
-        batch = {tune_key(*c, LR0, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0)
-                 for cap in CAPS}
-        chosen[c] = None
-    loss = study.run({k: v for c in cells for k, v in {tune_key(*c, LR0, cap, CLIP0, 100): run_config(
-        c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0) for cap in CAPS}.items()})
-    for c in cells:
-        chosen[c] = min(CAPS, key=lambda cap: loss[tune_key(*c, LR0, cap, CLIP0, 100)])
         print("tuned", c, chosen[c], flush=True)
     for seed in REPORT_SEEDS:
         study.run({f"report|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|seed{seed}": run_config(

