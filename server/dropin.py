@@ -1,104 +1,171 @@
-"""A drop-in user-level DP strategy for existing Flower apps (Message API, Flower 1.42).
+"""User-level DP for existing Flower apps (Message API, Flower 1.42): a wrapper of any strategy.
 
-In your own `ServerApp`, replace
+Wrap the strategy your `ServerApp` already has — FedAvg, FedAdam, FedYogi, FedProx, or your own subclass with its
+own `start()` (results files, checkpoints, W&B) — and keep calling `start`:
 
-    strategy = DifferentialPrivacyServerSideFixedClipping(FedAvg(fraction_train=0.1), noise_multiplier=1.0,
-                                                          clipping_norm=1.0, num_sampled_clients=10)
+    strategy = UserDP(CustomFedAvg(fraction_evaluate=0.5), sampling_rate=0.1, noise_multiplier=1.0,
+                      clipping_norm=1.0, delta=1e-5, max_epsilon=8, ledger_path="ledger.log")
+    result = strategy.start(grid, initial_arrays, num_rounds=20, evaluate_fn=...)
 
-by the one line
-
-    strategy = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.0, clipping_norm=1.0, delta=1e-5)
-
-and keep `strategy.start(grid, initial_arrays, num_rounds)`. Your ClientApp stays as it is (a
-quickstart-style `@app.train()` that receives "arrays" and "config" and answers with its updated
-"arrays"). Each node is one user. Per round:
+`UserDPFedAvg(sampling_rate=..., noise_multiplier=..., clipping_norm=..., delta=...)` is the FedAvg case (the
+step new = sent + server_lr · released mean), with the same ledger. Each node is one user. Per round:
 
   0. budget  — before anything is sent, stop if the next release would take ε past `max_epsilon`
-               (the remaining rounds release nothing; `stop_reason` says why)
-  1. sample  — every node independently with probability q (Poisson; OS entropy unless `seed` is given)
-  2. send    — the current arrays and config to the sampled nodes
-  3. collect — a reply with an error, missing arrays, other keys/shapes/dtypes or NaN/Inf is a
-               failure; a node that does not answer in time too
-  4. clip    — each reply's update (its arrays − the sent arrays) to norm C, on the server
-  5. release — Σ clipped + N(0, σ²C²·I) (noise drawn for this release only), divided by the
-               *expected* cohort q·N (N = the nodes registered at round 1, the population)
-  6. account — compose a Poisson-subsampled Gaussian round in the ledger (PLD by default, or any
-               `privacy.accountant` plug-in), also for empty cohorts and rounds with failures
-  7. step    — new arrays = sent arrays + server_lr · the released mean
+  1. sample  — every node independently with probability q (Poisson; OS entropy unless `seed` is given); the
+               wrapped strategy's `configure_train` still runs (its config, learning-rate schedule and state,
+               e.g. FedAdam's current arrays), but its choice of nodes is replaced: its first message's content
+               goes to the Poisson-sampled nodes
+  2. collect — a reply with an error, missing arrays, other keys/shapes/dtypes or NaN/Inf is a failure; a node
+               that does not answer in time too
+  3. clip    — `clipping="server"`: each reply's update (its arrays − the sent arrays) clipped to norm C here;
+               `clipping="client"`: each node clipped its own (`fl_userdp.clients.dropin.userdp_clip_mod`), the
+               server only checks it (below)
+  4. release — Σ updates + N(0, σ²C²·I) (noise drawn for this release only), divided by the *expected* cohort
+               q·N (N = the nodes registered at round 1, the population)
+  5. account — the round is appended to the ledger file (`ledger_path`, durable) and composed in the ledger
+               (PLD by default, or any `accountant` plug-in), also for empty cohorts and rounds with failures
+  6. step    — the wrapped strategy's `aggregate_train` receives one reply whose arrays are sent + the released
+               mean (weight 1), so its server optimizer works on the noised mean: FedAvg's average is it,
+               FedAdam's pseudo-gradient is the released mean itself
 
-Flower's own wrapper samples a fixed-size cohort, divides by the number of replies and accounts
-without amplification; this strategy is what the Poisson-subsampled Gaussian analysis assumes.
+Flower's own wrapper samples a fixed-size cohort, divides by the number of replies and accounts without
+amplification; this wrapper is what the Poisson-subsampled Gaussian analysis assumes.
 
-What it logs and returns. At start one line gives q, σ, C, δ, the budget, the accountant, the
-randomness and whether client-side evaluation runs. Each round's MetricRecord holds the release
-(`round`, `released`, `epsilon`, `delta`, `noise_multiplier`, `clip_norm`, `expected_count`: covered by
-the guarantee; an infinite ε is written as inf) and, unless `publish_diagnostics=False`, the
-diagnostics under `diagnostics.` (`nodes_sampled`, `nodes_replied`, `failures`, `rejected`, `clipped`:
-from the users' data without noise, outside the guarantee). Client-side evaluation is off unless
-`evaluate_strategy` (e.g. `FedAvg(fraction_train=0, fraction_evaluate=0.1)`) is given — the start line
-says which; its metrics are outside the guarantee too.
+The wrapped strategy's `start()`. `UserDP.start` runs the wrapped strategy's own `start()` (Flower's round loop
+or the app's override) with its `summary`, `configure_train`, `aggregate_train`, `configure_evaluate` and
+`aggregate_evaluate` routed through the wrapper for the duration (restored after). A stop (budget, failures)
+ends the releases cleanly inside that loop: the rounds after it send nothing, release nothing and skip the
+server-side evaluation (`evaluate_fn` is not called for a round without a release), so the app's `start()`
+returns normally with the last released arrays in its Result — its results files, checkpoints and final model
+are written as in any run. A ledger already at its budget returns the initial arrays without starting.
 
-Arrays that are not weights. Only float arrays can be clipped and noised. A non-float array (BatchNorm's
-`num_batches_tracked`) or BatchNorm's running statistics (`running_mean`, `running_var`: statistics of
-a user's batches, not gradients) are refused before round 1 with one line naming the array and the fix
-(as opacus' ModuleValidator refuses BatchNorm): replace BatchNorm by GroupNorm
-(`opacus.validators.ModuleValidator.fix(model)`), or pass the array in `frozen=[...]` — frozen arrays
-are kept out of the release: every round sends them as they were at the start and ignores the
-replies' values.
+Two trust models.
+  * `clipping="server"` — the server sees each node's update (it clips them); nodes need no change.
+  * `clipping="client"` — each node clips its own update (the ClientApp mod), the server needs only the sum
+    and the count: the model for secure aggregation, where the server never sees one update. What the server
+    can still verify then: how many nodes contributed (≤ the sampled ones, one reply each) and that the sum's
+    norm is ≤ count × C (`sum_within_bound`); it cannot verify that each node clipped (a node that did not
+    clip is caught only when the sum passes count × C). Flower 1.42 has no secure aggregation for Message-API
+    strategies (SecAgg+ exists only as the legacy `flwr.server.workflow.SecAggPlusWorkflow`, which drives a
+    legacy `flwr.server.strategy.Strategy` through `configure_fit`/`aggregate_fit` in a `LegacyContext`, and
+    its `secaggplus_mod` reads legacy `fitres.*` records, not a Message-API reply's "arrays"), so the replies
+    here arrive one by one and the server checks each decoded update's norm ≤ C as well, rejecting a reply
+    above it (the reason names the missing mod).
 
-Stops. The run ends cleanly (the strategy returns its Result early, nothing more is sent or evaluated)
-when the budget would be passed (`max_epsilon`) or after `max_failed_rounds` rounds in a row where more
-than `max_failed_fraction` of the sampled nodes failed or sent a reply that was rejected (a round where
-every reply is rejected counts); `stop_reason` and an ERROR/WARNING log line say why, with the ε.
-The failure stop's point depends on the replies and is outside the guarantee.
+A budget instead of a noise multiplier. `target_epsilon=ε, num_rounds=T` (without `noise_multiplier`) calibrates
+σ with the run's accountant (`fl_userdp.accounting.calibrate_noise`: the smallest σ whose ε after T rounds is ≤
+the target) and makes the target the budget (`max_epsilon` = the target, or the smaller of the two).
+
+A ledger that survives a restart. `ledger_path` names a release log (`fl_userdp.records.release_log`): its first
+entry holds the run's id and the settings the ledger depends on (q, σ, C, δ, accountant, clipping), then one
+entry per release, written and fsynced before the release is composed or applied. Starting with an existing
+log continues its ε (the releases it holds are composed again); a log of other settings is refused with one
+line naming the setting. Without `ledger_path` the ledger lives in memory: a restarted ServerApp starts at
+ε = 0 over the same users (the start line says so).
+
+What it logs and returns. At start the summary lines give q, σ, C, δ, the budget, the accountant, the clipping,
+the ledger, the randomness and whether client-side evaluation runs. Each round's MetricRecord holds the release
+(`round`, `released`, `epsilon`, `delta`, `noise_multiplier`, `clip_norm`, `expected_count`: covered by the
+guarantee; an infinite ε is written as inf) and, unless `publish_diagnostics=False`, the diagnostics under
+`diagnostics.` (`nodes_sampled`, `nodes_replied`, `failures`, `rejected`, `clipped`, and the replies' own
+metrics averaged as FedAvg weights them, e.g. `diagnostics.train_loss`: from the users' data without noise,
+outside the guarantee); with `publish_diagnostics=False` neither they nor the rejection and error texts are
+logged. Client-side evaluation is off unless `client_evaluation=True` (the wrapped strategy's
+`configure_evaluate`) or a strategy is given (e.g. `FedAvg(fraction_train=0, fraction_evaluate=0.1)`); its
+metrics are outside the guarantee too.
+
+Arrays that are not weights. Only float arrays can be clipped and noised. Non-float arrays (BatchNorm's
+`num_batches_tracked`) and BatchNorm's running statistics (`running_mean`, `running_var`: statistics of a
+user's batches, not gradients) are refused before round 1, all in one bounded line (how many, the first few,
+and how to list them: `non_weight_arrays(model or arrays)`). The fixes: replace BatchNorm by GroupNorm
+(`fl_userdp.local.opacus_compat.replace_batchnorm(model)`), or keep them out of the release with
+`frozen=non_weight_arrays(initial_arrays)` — frozen arrays are sent as they were at the start every round and
+the replies' values are ignored, so frozen statistics stay at their initial values (running mean 0, variance
+1): a model evaluated in eval mode normalises with them.
+
+Stops. A budget stop (`max_epsilon`), or `max_failed_rounds` rounds in a row where more than
+`max_failed_fraction` of the sampled nodes failed or sent a reply that was rejected (a round where every reply
+is rejected counts); `stop_reason` and an ERROR/WARNING line say why, with the ε and, for failures, the first
+error's text or the last rejection (when diagnostics are published). The failure stop's point depends on the
+replies and is outside the guarantee.
 """
 from __future__ import annotations
 
 import math
 from logging import ERROR, INFO, WARNING
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
-from fl_userdp.accounting import make_accountant, make_event
+from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
+from fl_userdp.clients.dropin import ARRAYS_KEY, CLIP_KEY, CLIPPED_METRIC, FROZEN_KEY
+from fl_userdp.errors import ConfigError
 from fl_userdp.mechanism.aggregate import release
 from fl_userdp.mechanism.clipping import clip_factors
-from fl_userdp.errors import ConfigError
 from fl_userdp.mechanism.fixed_point import record_clip_norm, to_grid
 from fl_userdp.mechanism.noise import SecureGenerator, release_rng
+from fl_userdp.records.release_log import ReleaseLog
 from fl_userdp.rng import rng_for
-
 
 BATCHNORM_STATE = ("running_mean", "running_var", "num_batches_tracked")
 COVERED = ("round", "released", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count")
 DIAGNOSTICS = ("nodes_sampled", "nodes_replied", "failures", "rejected", "clipped")
+CLIPPING = ("server", "client")
+HOOKS = ("summary", "configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
+LEDGER_SETTINGS = ("mechanism", "sampling_rate", "noise_multiplier", "clip_norm", "delta", "accountant", "clipping")
+SHOWN = 3            # array names a message shows before "… N more"
+TEXT_CHARS = 300     # characters of a node's error text in a log line
+_MISSING = object()
+_KEY_NAMES = {"target-epsilon": "target_epsilon", "steps": "num_rounds", "sampling-rate": "sampling_rate",
+              "noise-multiplier": "noise_multiplier", "delta": "delta"}
 
 
-class _Stopped(Exception):
-    """Raised by configure_train once a stop is decided: `start` ends the run and returns its Result."""
+class UserDP(Strategy):
+    """User-level DP around any Message-API strategy: Poisson sampling of nodes, clipping (server or client),
+    noise once over the expected cohort, a PLD ledger (optionally on disk); see the module docstring."""
 
-
-class UserDPFedAvg(Strategy):
-    """User-level DP FedAvg with Poisson sampling of nodes, server-side clipping and a PLD ledger."""
-
-    def __init__(self, sampling_rate: float, noise_multiplier: float, clipping_norm: float, delta: float, *,
-                 max_epsilon: float | None = None, accountant: str = "pld", seed: int | None = None,
-                 server_lr: float = 1.0, arrays_key: str = "arrays", min_available_nodes: int = 1,
-                 evaluate_strategy: Strategy | None = None, frozen: Iterable[str] = (),
+    def __init__(self, strategy: Strategy, sampling_rate: float, noise_multiplier: float | None = None,
+                 clipping_norm: float | None = None, delta: float | None = None, *,
+                 target_epsilon: float | None = None, num_rounds: int | None = None,
+                 max_epsilon: float | None = None, ledger_path: str | Path | None = None, clipping: str = "server",
+                 accountant: str = "pld", seed: int | None = None, server_lr: float = 1.0,
+                 arrays_key: str | None = None, min_available_nodes: int = 1,
+                 client_evaluation: bool | Strategy = False, frozen: Iterable[str] = (),
                  max_failed_rounds: int = 3, max_failed_fraction: float = 0.5,
                  publish_diagnostics: bool = True) -> None:
         super().__init__()
+        if not isinstance(strategy, Strategy):
+            raise ConfigError("strategy", type(strategy).__name__,
+                              "must be a Flower Message-API strategy (flwr.serverapp.strategy.Strategy)")
+        if isinstance(strategy, UserDP):
+            raise ConfigError("strategy", type(strategy).__name__, "is user-level DP already: wrap its strategy once")
         if isinstance(frozen, str):
             frozen = [frozen]
-        checks = [(0 < sampling_rate <= 1, "sampling_rate", sampling_rate, "must be in (0, 1]"),
-                  (0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier, "must be >= 0"),
+        for key, value in (("clipping_norm", clipping_norm), ("delta", delta)):
+            if value is None:
+                raise ConfigError(key, None, "is required")
+        if target_epsilon is None and noise_multiplier is None:
+            raise ConfigError("noise_multiplier", None, "is required (or give target_epsilon and num_rounds)")
+        if target_epsilon is not None and noise_multiplier is not None:
+            raise ConfigError("noise_multiplier", noise_multiplier,
+                              "must be left out with target_epsilon (it is calibrated for the target)")
+        checks = [(clipping in CLIPPING, "clipping", clipping, f"must be one of {list(CLIPPING)}"),
+                  (0 < sampling_rate <= 1, "sampling_rate", sampling_rate, "must be in (0, 1]"),
+                  (noise_multiplier is None or 0 <= noise_multiplier < math.inf, "noise_multiplier",
+                   noise_multiplier, "must be >= 0"),
                   (0 < clipping_norm < math.inf, "clipping_norm", clipping_norm, "must be > 0"),
                   (0 < delta < 1, "delta", delta, "must be in (0, 1)"),
+                  (target_epsilon is None or 0 < target_epsilon < math.inf, "target_epsilon", target_epsilon,
+                   "must be a finite number > 0"),
+                  (target_epsilon is None or (isinstance(num_rounds, int) and not isinstance(num_rounds, bool)
+                                              and num_rounds >= 1), "num_rounds", num_rounds,
+                   "must be an integer >= 1 with target_epsilon (the rounds the target is spent over)"),
                   (max_epsilon is None or max_epsilon > 0, "max_epsilon", max_epsilon, "must be > 0"),
                   (server_lr > 0, "server_lr", server_lr, "must be > 0"),
                   (int(max_failed_rounds) >= 1, "max_failed_rounds", max_failed_rounds, "must be >= 1"),
@@ -106,16 +173,32 @@ class UserDPFedAvg(Strategy):
         for ok, key, value, requirement in checks:
             if not ok:
                 raise ConfigError(key, value, requirement)
-        self.q, self.sigma, self.clip, self.delta = float(sampling_rate), float(noise_multiplier), \
-            float(clipping_norm), float(delta)
+        self.strategy = strategy
+        self.q, self.clip, self.delta = float(sampling_rate), float(clipping_norm), float(delta)
+        self.clipping = clipping
+        self.accountant_name = accountant
+        self.target_epsilon, self.num_rounds = target_epsilon, num_rounds
+        self.calibrated_epsilon: float | None = None
+        if target_epsilon is not None:
+            noise_multiplier, self.calibrated_epsilon = _calibrate(float(target_epsilon), self.delta, self.q,
+                                                                   int(num_rounds), accountant)
+            max_epsilon = float(target_epsilon) if max_epsilon is None else min(float(max_epsilon),
+                                                                              float(target_epsilon))
+        self.sigma = float(noise_multiplier)
         self.max_epsilon, self.seed, self.server_lr = max_epsilon, seed, float(server_lr)
-        self.arrays_key, self.min_available_nodes = arrays_key, int(min_available_nodes)
-        self.evaluate_strategy = evaluate_strategy
+        self.arrays_key = arrays_key or getattr(strategy, "arrayrecord_key", "arrays")
+        self.config_key = getattr(strategy, "configrecord_key", "config")
+        self.weight_key = getattr(strategy, "weighted_by_key", "num-examples")
+        self.min_available_nodes = int(min_available_nodes)
+        self.client_evaluation = client_evaluation
         self.frozen = tuple(frozen)
         self.max_failed_rounds, self.max_failed_fraction = int(max_failed_rounds), float(max_failed_fraction)
         self.publish_diagnostics = bool(publish_diagnostics)
-        self.accountant_name = accountant
-        self.event = make_event("uls", self.q, self.sigma)
+        self.ledger_path = None if ledger_path is None else Path(ledger_path)
+        try:
+            self.event = make_event("uls", self.q, self.sigma)
+        except ConfigError as err:
+            raise _renamed(err) from None
         self.accountant = make_accountant(accountant, self.delta, "accountant")
         check_supports(self.accountant, self.event, accountant, "accountant")
         self.population: list[int] | None = None
@@ -124,68 +207,180 @@ class UserDPFedAvg(Strategy):
         self.stop_reason: str | None = None
         self.failed_streak = 0
         self.history: list[dict[str, Any]] = []
-        self._result = Result()
+        self.releases = 0                 # releases in the ledger (this run's and, from ledger_path, earlier runs')
+        self.run_id: str | None = None    # the ledger file's run id
+        self._log: ReleaseLog | None = None
+        self._resumed = 0
+        self._prepared = False
+        self._pending: int | None = None  # the round whose messages went out and whose release is due
+        self._last_round = 0              # the last server round with a release (this run)
+        self._originals: dict[str, Callable] = {}
+        self._saved: dict[str, Any] = {}
+        self._told_sampling = False
 
-    # -- Flower's Strategy interface ------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"UserDP({type(self.strategy).__name__})"
+
+    @property
+    def epsilon(self) -> float:
+        return float(self.accountant.epsilon())
+
+    # -- the run ---------------------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
-        """Flower's round loop, which ends early (returning what was released) on a budget or failure stop."""
-        try:
-            check_arrays(initial_arrays, self.frozen)
-        except ConfigError as err:
-            log(ERROR, "UserDPFedAvg: %s", err)
-            raise
-        self._result = Result(arrays=initial_arrays)
+        """The wrapped strategy's own `start()` (its round loop, results and checkpoints), the rounds made private;
+        checks the arrays and opens the ledger before round 1."""
+        self._prepare(initial_arrays)
+        if self.max_epsilon is not None and self._epsilon_after() > self.max_epsilon:
+            self._stop(f"privacy budget: the ledger is at epsilon {_fmt_eps(self.epsilon)} after {self.releases} "
+                       f"releases; one more would take it to {_fmt_eps(self._epsilon_after())} > max_epsilon "
+                       f"{self.max_epsilon:g}; nothing is sent", WARNING)
+            return Result(arrays=initial_arrays)
         if evaluate_fn is not None:
-            evaluate_fn = self._recording(evaluate_fn)
-        try:
-            result = super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
-                                   evaluate_fn)
-        except _Stopped:
-            result = self._result
-        eps = self.epsilon
-        log(INFO, "UserDPFedAvg: %s after %d released rounds: epsilon %s (delta %g, user-level)",
-            "stopped" if self.stop_reason else "finished", self.accountant.steps, _fmt_eps(eps), self.delta)
+            evaluate_fn = self._evaluating(evaluate_fn)
+        result = self._run(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                           train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+        log(INFO, "%s: %s after %d released rounds: epsilon %s (delta %g, user-level)", self.label,
+            "stopped" if self.stop_reason else "finished", self.releases, _fmt_eps(self.epsilon), self.delta)
         return result
 
-    def _recording(self, evaluate_fn):
-        def wrapped(server_round: int, arrays: ArrayRecord):
-            res = evaluate_fn(server_round, arrays)
-            if res is not None:
-                self._result.evaluate_metrics_serverapp[server_round] = res
-            return res
-        return wrapped
+    def _run(self, **kwargs) -> Result:
+        """The wrapped strategy's start() with the DP methods in place of its own."""
+        inner = self.strategy
+        own = vars(inner)
+        self._saved = {name: own.get(name, _MISSING) for name in HOOKS}
+        self._originals = {name: getattr(inner, name) for name in HOOKS}
+        for name in HOOKS:
+            setattr(inner, name, getattr(self, name))
+        try:
+            return inner.start(**kwargs)
+        finally:
+            for name, before in self._saved.items():
+                if before is _MISSING:
+                    own.pop(name, None)
+                else:
+                    setattr(inner, name, before)
+            self._originals, self._saved = {}, {}
 
+    def _inner(self, name: str) -> Callable:
+        return self._originals.get(name) or getattr(self.strategy, name)
+
+    def _evaluating(self, evaluate_fn):
+        def evaluate(server_round: int, arrays: ArrayRecord):
+            if self.stop_reason is not None and server_round > self._last_round:
+                return None   # no release this round: the model is the one already evaluated
+            return evaluate_fn(server_round, arrays)
+        return evaluate
+
+    def _prepare(self, arrays: ArrayRecord) -> None:
+        if self._prepared:
+            return
+        try:
+            check_arrays(arrays, self.frozen)
+            self._open_ledger()
+        except ConfigError as err:
+            log(ERROR, "%s: %s", self.label, err)
+            raise
+        self._prepared = True
+
+    # -- the persistent ledger -------------------------------------------------------------------------------
+    def ledger_settings(self) -> dict[str, Any]:
+        """What the ledger's ε depends on: a ledger file of other settings is refused."""
+        return {"mechanism": "poisson-subsampled-gaussian-user-level", "sampling_rate": self.q,
+                "noise_multiplier": self.sigma, "clip_norm": self.clip, "delta": self.delta,
+                "accountant": self.accountant_name, "clipping": self.clipping}
+
+    def _open_ledger(self) -> None:
+        if self.ledger_path is None:
+            return
+        path, settings = self.ledger_path, self.ledger_settings()
+        releases = ReleaseLog(path)
+        try:
+            if not path.exists() or path.stat().st_size == 0:
+                releases.start({**settings, "size": 0})
+                self._log, self.run_id = releases, releases.run_id
+                return
+            try:
+                contents = releases.open()
+            except ConfigError as err:
+                raise ConfigError("ledger_path", str(path), err.requirement) from None
+            theirs = contents.run or {}
+            differ = [k for k in LEDGER_SETTINGS if theirs.get(k) != settings[k]]
+            if differ:
+                k = differ[0]
+                raise ConfigError("ledger_path", str(path), f"holds the ledger of a run with other settings ({k} "
+                                  f"{theirs.get(k)!r} there, {settings[k]!r} here): continue it with the same "
+                                  f"settings, or give a new path to start a new ledger")
+            drop_tail = getattr(releases, "drop_torn_tail", None)
+            if drop_tail is not None:
+                drop_tail(contents)
+        except OSError as err:
+            raise ConfigError("ledger_path", str(path), f"cannot be read or written ({err.strerror or err})") from None
+        runs: list[list] = []
+        for entry in contents.releases:
+            event = event_from_dict(entry["event"])
+            if runs and runs[-1][0] == event:
+                runs[-1][1] += 1
+            else:
+                runs.append([event, 1])
+        for event, count in runs:
+            self.accountant.compose(event, count)
+        self.releases = self._resumed = len(contents.releases)
+        self._log, self.run_id = releases, releases.run_id
+        log(INFO, "%s: ledger %s (run %s) continued: %d earlier releases, epsilon %s", self.label, path,
+            self.run_id, self.releases, _fmt_eps(self.epsilon))
+
+    # -- Flower's Strategy interface ------------------------------------------------------------------------
     def summary(self) -> None:  # Flower logs this at start
         budget = f"max_epsilon {self.max_epsilon:g}" if self.max_epsilon is not None else "no budget (max_epsilon)"
         noise = "OS randomness (secure)" if self.seed is None else f"seeded (seed {self.seed}: the seed is its key)"
-        log(INFO, "\t├── user-level DP: Poisson sampling q=%g of the nodes (one node = one user), noise "
-            "multiplier %g, clipping norm C=%g, delta %g, %s, accountant %s, %s", self.q, self.sigma, self.clip,
-            self.delta, budget, self.accountant_name, noise)
-        if self.evaluate_strategy is None:
-            log(INFO, "\t├── client-side evaluation: off (the app's @app.evaluate is not called; pass "
-                "evaluate_strategy=FedAvg(fraction_train=0, fraction_evaluate=...) to run it)")
+        sigma = f"{self.sigma:g}" if self.target_epsilon is None else (
+            f"{self.sigma:.4g} (calibrated: epsilon {self.calibrated_epsilon:.4g} <= target {self.target_epsilon:g} "
+            f"after {self.num_rounds} rounds)")
+        log(INFO, "\t├── user-level DP (%s): Poisson sampling q=%g of the nodes (one node = one user), noise "
+            "multiplier %s, clipping norm C=%g, delta %g, %s, accountant %s, %s", self.label, self.q, sigma,
+            self.clip, self.delta, budget, self.accountant_name, noise)
+        if self.clipping == "server":
+            log(INFO, "\t├── clipping on the server: it sees each node's update")
         else:
-            log(INFO, "\t├── client-side evaluation: %s (its metrics are outside the guarantee)",
-                type(self.evaluate_strategy).__name__)
+            log(INFO, "\t├── clipping on the nodes (fl_userdp.clients.dropin.userdp_clip_mod): the server sums and "
+                "checks each update's norm <= C and the sum's norm <= count x C")
+        if self._log is None:
+            log(INFO, "\t├── ledger: in memory (a restart would start at epsilon 0: pass ledger_path= to keep it)")
+        else:
+            log(INFO, "\t├── ledger: %s (run %s; %d earlier releases)", _short(str(self.ledger_path)),
+                self.run_id, self._resumed)
+        if not self.client_evaluation:
+            log(INFO, "\t├── client-side evaluation: off (the app's @app.evaluate is not called; pass "
+                "client_evaluation=True for the wrapped strategy's, or a strategy, to run it)")
+        else:
+            name = type(self.client_evaluation).__name__ if isinstance(self.client_evaluation, Strategy) else \
+                type(self.strategy).__name__
+            log(INFO, "\t├── client-side evaluation: %s (its metrics are outside the guarantee)", name)
         if self.frozen:
-            log(INFO, "\t├── kept out of the release (sent as at the start): %s", ", ".join(self.frozen))
+            log(INFO, "\t├── kept out of the release (sent as at the start; frozen statistics keep their initial "
+                "values): %s", _names(self.frozen))
         log(INFO, "\t└── metrics: release keys covered by the guarantee; diagnostics.* (from users' data, no "
             "noise) are outside it")
+        self._summary_of_wrapped()
+
+    def _summary_of_wrapped(self) -> None:
+        self._inner("summary")()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self._prepare(arrays)
+        self._pending = None
         # 0. budget
-        if self.stop_reason is None and self.max_epsilon is not None \
-                and self.accountant.epsilon_after(self.event) > self.max_epsilon:
-            self.stop_reason = (f"privacy budget: round {server_round} would take epsilon from "
-                                f"{self.accountant.epsilon():.4g} to {self.accountant.epsilon_after(self.event):.4g} "
-                                f"> max_epsilon {self.max_epsilon:g}; stopped after round {server_round - 1}")
-            log(WARNING, "UserDPFedAvg: %s", self.stop_reason)
+        if self.stop_reason is None and self.max_epsilon is not None and self._epsilon_after() > self.max_epsilon:
+            self._stop(f"privacy budget: round {server_round} would take epsilon from {_fmt_eps(self.epsilon)} to "
+                       f"{_fmt_eps(self._epsilon_after())} > max_epsilon {self.max_epsilon:g}; stopped after round "
+                       f"{self._last_round}", WARNING)
         if self.stop_reason is not None:
             self.requested = []
-            raise _Stopped(self.stop_reason)
+            return []
         # 1. sample (the population is fixed at round 1: the analysis takes N as given)
         if self.population is None:
             nodes = sorted(grid.get_node_ids())
@@ -194,119 +389,214 @@ class UserDPFedAvg(Strategy):
                                   f"exceeds the {len(nodes)} connected nodes")
             self.population = nodes
             expected = self.q * len(nodes)
-            log(INFO, "UserDPFedAvg: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std "
-                "per coordinate is σC/(q·N)=%.3g (compare it with the updates' size: more users per round or a "
-                "smaller C lowers it)", len(nodes), expected, self.sigma * self.clip / expected)
-        rng = SecureGenerator() if self.seed is None else rng_for(self.seed, "sampling", server_round)
+            log(INFO, "%s: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std per "
+                "coordinate is σC/(q·N)=%.3g (compare it with the updates' size: more users per round or a smaller "
+                "C lowers it)", self.label, len(nodes), expected, self.sigma * self.clip / expected)
+        if self.clipping == "client":
+            config[CLIP_KEY], config[ARRAYS_KEY] = self.clip, self.arrays_key
+            if self.frozen:
+                config[FROZEN_KEY] = list(self.frozen)
+        content = self._train_content(server_round, arrays, config, grid)
+        if content is None:
+            log(INFO, "%s: round %d: the wrapped strategy configured no training: nothing is sent, released or "
+                "accounted", self.label, server_round)
+            return []
+        if self.arrays_key not in content.array_records:
+            raise ConfigError("arrays_key", self.arrays_key, f"names no ArrayRecord of the wrapped strategy's train "
+                              f"message (it has {list(content.array_records)[:4]})")
+        if self.clipping == "client" and not any(CLIP_KEY in r for r in content.config_records.values()):
+            record = content.config_records.get(self.config_key) or ConfigRecord()
+            record[CLIP_KEY], record[ARRAYS_KEY] = self.clip, self.arrays_key
+            if self.frozen:
+                record[FROZEN_KEY] = list(self.frozen)
+            content[self.config_key] = record
+        rng = SecureGenerator() if self.seed is None else rng_for(self.seed, "sampling", self.releases + 1)
         self.requested = [n for n, hit in zip(self.population, rng.random(len(self.population)) < self.q) if hit]
         # 2. send
-        self.current = arrays
-        return [Message(RecordDict({self.arrays_key: arrays, "config": config}), dst_node_id=n,
-                        message_type=MessageType.TRAIN) for n in self.requested]
+        self.current = content[self.arrays_key]
+        self._pending = server_round
+        return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.requested]
+
+    def _train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                       grid: Grid) -> RecordDict | None:
+        """What every sampled node receives: the wrapped strategy's first train message's content (None: it
+        trains nobody this round)."""
+        messages = list(self._inner("configure_train")(server_round, arrays, config, grid))
+        if not messages:
+            return None
+        if not self._told_sampling:
+            self._told_sampling = True
+            log(INFO, "%s: the wrapped strategy's choice of nodes is replaced by Poisson sampling (q=%g); each "
+                "sampled node receives its first message's content", self.label, self.q)
+        return messages[0].content
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        current = [np.asarray(a, np.float64) if k not in self.frozen else a
-                   for k, a in zip(self.current.keys(), self.current.to_numpy_ndarrays())]
+        if self._pending != server_round:  # nothing was sent this round (a stop, or no training configured)
+            return None, None
+        self._pending = None
         keys = list(self.current.keys())
+        current = [np.asarray(a, np.float64) if k not in self.frozen else a
+                   for k, a in zip(keys, self.current.to_numpy_ndarrays())]
         trained = [i for i, k in enumerate(keys) if k not in self.frozen]
         flat0 = np.concatenate([current[i].ravel() for i in trained]) if trained else np.zeros(0)
-        # 3./4. collect, validate, clip per user
-        total, replied, clipped, rejected, reasons = np.zeros_like(flat0), 0, 0, 0, []
+        # 2./3. collect, validate, clip (or check the node's clipping) per user
+        total, replied, clipped, rejected, reasons, errors = np.zeros_like(flat0), 0, 0, 0, [], []
+        metrics: list[dict[str, float]] = []
         taken: set[int] = set()            # at most one reply per sampled node: one user, one record
+        requested = set(self.requested)
         for rep in replies:
             node = rep.metadata.src_node_id
-            if node in taken or node not in self.requested:
+            if node in taken or node not in requested:
                 continue
             taken.add(node)
-            upd, reason = self._update(rep, keys, current, trained, flat0)
-            if upd is None:
-                rejected += reason != "failed"
-                if reason != "failed":
-                    reasons.append(reason)
+            if rep.has_error():
+                errors.append(f"node {node}: {_one_line(rep.error.reason)}")
                 continue
-            norm = float(np.linalg.norm(upd))
-            # exact (grid) sum: the release does not depend on the order the replies arrive in
-            total += to_grid(upd * float(clip_factors(np.array([norm]), record_clip_norm(self.clip))[0]), self.clip)
-            replied, clipped = replied + 1, clipped + (norm > self.clip)
-        # 5. release: noise once, the expected cohort q·N
+            upd, reason = self._update(rep, keys, current, trained, flat0)
+            norm = float(np.linalg.norm(upd)) if upd is not None else 0.0
+            if upd is not None and self.clipping == "client" and norm > self.clip:
+                upd, reason = None, (f"update norm {norm:.6g} > C={self.clip:g}: the node did not clip it (is "
+                                     f"fl_userdp.clients.dropin.userdp_clip_mod in its ClientApp's mods?)")
+            if upd is None:
+                rejected += 1
+                reasons.append(reason)
+                continue
+            if self.clipping == "client":
+                total += to_grid(upd, self.clip)   # the node clipped it; truncation to the grid never grows it
+                clipped += int(_metric(rep, CLIPPED_METRIC) > 0)
+            else:
+                # exact (grid) sum: the release does not depend on the order the replies arrive in
+                total += to_grid(upd * float(clip_factors(np.array([norm]), record_clip_norm(self.clip))[0]),
+                                 self.clip)
+                clipped += int(norm > self.clip)
+            replied += 1
+            metrics.append(_reply_metrics(rep))
+        if self.clipping == "client" and not sum_within_bound(total, replied, self.clip):
+            # the one check secure aggregation leaves the server: ‖Σ‖ <= count x C (never fails when each
+            # update passed its own check above; kept for the sum-only setting)
+            reasons.append(f"the sum's norm {np.linalg.norm(total):.6g} exceeds count x C = {replied * self.clip:g}")
+            rejected, replied, total = rejected + replied, 0, np.zeros_like(total)
+            metrics = []
+        # 4. release: noise once, the expected cohort q·N
         expected = self.q * len(self.population)
         std = self.sigma * self.clip
-        rng = SecureGenerator() if self.seed is None else \
-            release_rng(self.seed, "uls", server_round, std, expected, total)
+        index = self.releases + 1
+        rng = SecureGenerator() if self.seed is None else release_rng(self.seed, "uls", index, std, expected, total)
         rel = release(total, self.clip, self.sigma, expected, rng)
-        # 6. account
+        # 5. account: durable in the ledger file, then composed — before anything uses the release
+        if self._log is not None:
+            after = self._epsilon_after()
+            self._log.append({"round": index, "server_round": int(server_round), "event": event_to_dict(self.event),
+                              "epsilon": after if math.isfinite(after) else None}, np.zeros(0))
         self.accountant.compose(self.event)
-        eps = float(self.accountant.epsilon())
-        # 7. step (frozen arrays go back as they were sent)
+        self.releases, self._last_round = index, server_round
+        eps = self.epsilon
+        # 6. step: sent + server_lr · released mean (frozen arrays go back as they were sent)
         new = flat0 + self.server_lr * rel.update
         parts = dict(zip(trained, np.split(new, np.cumsum([current[i].size for i in trained])[:-1]))) \
             if trained else {}
-        arrays = ArrayRecord({k: Array(parts[i].reshape(a.shape).astype(self.current[k].numpy().dtype))
-                              if i in parts else self.current[k] for i, (k, a) in enumerate(zip(keys, current))})
-        requested = len(self.requested)
+        stepped = ArrayRecord({k: Array(parts[i].reshape(a.shape).astype(self.current[k].numpy().dtype))
+                               if i in parts else self.current[k] for i, (k, a) in enumerate(zip(keys, current))})
+        nreq = len(self.requested)
+        client = _weighted_means(metrics, self.weight_key)
         record = {"round": server_round, "released": 1, "epsilon": eps, "delta": self.delta,
                   "noise_multiplier": self.sigma, "clip_norm": self.clip, "expected_count": expected,
-                  "nodes_sampled": requested, "nodes_replied": replied,
-                  "failures": requested - replied - rejected, "rejected": rejected, "clipped": clipped}
+                  "nodes_sampled": nreq, "nodes_replied": replied,
+                  "failures": nreq - replied - rejected, "rejected": rejected, "clipped": clipped,
+                  "client_metrics": client}
         self.history.append(record)
-        self._health(server_round, requested, requested - replied, rejected, reasons)
-        metrics = MetricRecord(self.metric_record(record))
-        self._result.arrays = arrays
-        self._result.train_metrics_clientapp[server_round] = metrics
-        return arrays, metrics
+        self._health(server_round, nreq, nreq - replied, rejected, reasons, errors)
+        return self._step(server_round, stepped, client), MetricRecord(self.metric_record(record))
+
+    def _step(self, server_round: int, stepped: ArrayRecord, client: dict[str, float]) -> ArrayRecord | None:
+        """The wrapped strategy's aggregate_train on one reply carrying sent + the released mean (weight 1):
+        its server optimizer steps with the noised mean; frozen arrays are put back as they were sent."""
+        values = {self.weight_key: 1.0, **({k: v for k, v in client.items() if k != self.weight_key}
+                                            if self.publish_diagnostics else {})}
+        reply = Message(content=RecordDict({self.arrays_key: stepped, "metrics": MetricRecord(values)}),
+                        dst_node_id=0, message_type=MessageType.TRAIN)
+        arrays, _ = self._inner("aggregate_train")(server_round, [reply])
+        if arrays is None:
+            log(WARNING, "%s: round %d: the wrapped strategy's aggregate_train returned no arrays for the released "
+                "mean; the model is not updated (the release is accounted)", self.label, server_round)
+            return None
+        if self.frozen:
+            arrays = ArrayRecord({k: self.current[k] if k in self.frozen and k in self.current else a
+                                  for k, a in arrays.items()})
+        return arrays
 
     def metric_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A round's record as published: the release's keys, then `diagnostics.*` (when published)."""
+        """A round's record as published: the release's keys, then `diagnostics.*` (when published): the counts
+        and the replies' own metrics (e.g. `diagnostics.train_loss`)."""
         out = {k: record[k] for k in COVERED}
         if self.publish_diagnostics:
             out.update({f"diagnostics.{k}": record[k] for k in DIAGNOSTICS})
+            out.update({f"diagnostics.{k}": v for k, v in record.get("client_metrics", {}).items()
+                        if k not in DIAGNOSTICS})
         return out
 
-    def _health(self, rnd: int, requested: int, bad: int, rejected: int, reasons: list[str]) -> None:
-        """Log rejections; count a round where more than max_failed_fraction of the sampled nodes failed or
-        were rejected (every reply rejected included); stop after max_failed_rounds such rounds in a row."""
-        if rejected:
-            log(WARNING, "UserDPFedAvg: round %d: %d of %d replies rejected (first: %s) [diagnostic: from the replies, "
-                "outside the guarantee]", rnd, rejected, requested, reasons[0])
+    def _health(self, rnd: int, requested: int, bad: int, rejected: int, reasons: list[str],
+                errors: list[str]) -> None:
+        """Log rejections and the first error; count a round where more than max_failed_fraction of the sampled
+        nodes failed or were rejected (every reply rejected included); stop after max_failed_rounds such rounds
+        in a row. Nothing about the replies is logged when diagnostics are not published."""
+        if rejected and self.publish_diagnostics:
+            log(WARNING, "%s: round %d: %d of %d replies rejected (first: %s) [diagnostic: from the replies, "
+                "outside the guarantee]", self.label, rnd, rejected, requested, reasons[0])
+        if errors and self.publish_diagnostics:
+            log(WARNING, "%s: round %d: %d of %d sampled nodes answered with an error; first: %s [diagnostic: from "
+                "the nodes, outside the guarantee]", self.label, rnd, len(errors), requested, errors[0])
         if requested and bad / requested > self.max_failed_fraction:
             self.failed_streak += 1
             if self.failed_streak >= self.max_failed_rounds:
-                why = f"; last rejection: {reasons[0]}" if reasons else ""
-                self.stop_reason = (f"failures: {self.failed_streak} rounds in a row with more than "
-                                    f"{self.max_failed_fraction:g} of the sampled nodes failed or rejected "
-                                    f"(round {rnd}: {bad} of {requested}){why}; stopped after round {rnd}, "
-                                    f"epsilon {_fmt_eps(self.epsilon)}")
-                log(ERROR, "UserDPFedAvg: %s [the stop's point depends on the replies: outside the guarantee]",
-                    self.stop_reason)
+                silent = bad - rejected - len(errors)
+                why = (f"; first error: {errors[0]}" if errors else "") + \
+                      (f"; last rejection: {reasons[0]}" if reasons else "")
+                counts = (f" (round {rnd}: {bad} of {requested}: {len(errors)} errors, {rejected} rejected, "
+                          f"{silent} without a reply{why})") if self.publish_diagnostics else ""
+                self._stop(f"failures: {self.failed_streak} rounds in a row with more than "
+                           f"{self.max_failed_fraction:g} of the sampled nodes failed or rejected{counts}; "
+                           f"stopped after round {rnd}, epsilon {_fmt_eps(self.epsilon)}", ERROR,
+                           " [the stop's point depends on the replies: outside the guarantee]")
         else:
             self.failed_streak = 0
 
+    def _stop(self, reason: str, level: int, note: str = "") -> None:
+        self.stop_reason = reason
+        log(level, "%s: %s%s; the rounds after it send and release nothing", self.label, reason, note)
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if self.evaluate_strategy is None:
+        if self.stop_reason is not None or not self.client_evaluation:
             return []
-        return self.evaluate_strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self._evaluator("configure_evaluate")(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        if self.evaluate_strategy is None:
+        if not self.client_evaluation:
             return None
-        res = self.evaluate_strategy.aggregate_evaluate(server_round, replies)
-        if res is not None:
-            self._result.evaluate_metrics_clientapp[server_round] = res
-        return res
+        replies = list(replies)
+        if not replies and self.stop_reason is not None:
+            return None
+        return self._evaluator("aggregate_evaluate")(server_round, replies)
 
-    # -- helpers -----------------------------------------------------------------------------
+    def _evaluator(self, name: str) -> Callable:
+        if isinstance(self.client_evaluation, Strategy):
+            return getattr(self.client_evaluation, name)
+        return self._inner(name)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _epsilon_after(self) -> float:
+        return float(self.accountant.epsilon_after(self.event))
+
     def _update(self, rep: Message, keys: list[str], current: list[np.ndarray], trained: list[int],
                 flat0: np.ndarray) -> tuple[np.ndarray | None, str]:
-        """(the reply's trained arrays − the sent ones, flat; "") or (None, why): "failed" for an error reply,
-        else the reason a malformed reply was rejected (it is never applied)."""
-        if rep.has_error():
-            return None, "failed"
+        """(the reply's trained arrays − the sent ones, flat; "") or (None, why a malformed reply was rejected:
+        it is never applied)."""
         try:
             rec = rep.content[self.arrays_key]
             if list(rec.keys()) != keys:
-                return None, f"array names {list(rec.keys())[:3]}... differ from the sent {keys[:3]}..."
+                return None, f"array names {_names(list(rec.keys()))} differ from the sent {_names(keys)}"
             got = {i: np.asarray(rec[keys[i]].numpy()) for i in trained}
         except Exception as err:  # noqa: BLE001 - anything unreadable is a failure, never applied
             return None, f"unreadable reply ({type(err).__name__})"
@@ -319,30 +609,145 @@ class UserDPFedAvg(Strategy):
             return None, "non-finite values"
         return flat - flat0, ""
 
+
+class UserDPFedAvg(UserDP):
+    """User-level DP FedAvg: `UserDP` whose step is sent + server_lr · the released mean, with Flower's round
+    loop (`Strategy.start`) on itself; client-side evaluation by `evaluate_strategy` (off when None)."""
+
+    def __init__(self, sampling_rate: float, noise_multiplier: float | None = None, clipping_norm: float | None = None,
+                 delta: float | None = None, *, evaluate_strategy: Strategy | None = None, arrays_key: str = "arrays",
+                 **kwargs) -> None:
+        fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=0, min_evaluate_nodes=0,
+                        min_available_nodes=0, arrayrecord_key=arrays_key)
+        super().__init__(fedavg, sampling_rate, noise_multiplier, clipping_norm, delta, arrays_key=arrays_key,
+                         client_evaluation=evaluate_strategy or False, **kwargs)
+        self.evaluate_strategy = evaluate_strategy
+
     @property
-    def epsilon(self) -> float:
-        return float(self.accountant.epsilon())
+    def label(self) -> str:
+        return "UserDPFedAvg"
+
+    def _run(self, **kwargs) -> Result:
+        return Strategy.start(self, **kwargs)
+
+    def _summary_of_wrapped(self) -> None:
+        pass
+
+    def _train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                       grid: Grid) -> RecordDict | None:
+        config["server-round"] = server_round   # as FedAvg's configure_train
+        return RecordDict({self.arrays_key: arrays, self.config_key: config})
+
+    def _step(self, server_round: int, stepped: ArrayRecord, client: dict[str, float]) -> ArrayRecord | None:
+        return stepped   # FedAvg's weighted average of the one reply: the reply itself
+
+
+def sum_within_bound(total: np.ndarray, count: int, clip_norm: float) -> bool:
+    """Whether a sum of `count` updates each clipped to `clip_norm` can be one: ‖Σ‖ <= count·C (what a server that
+    sees only the sum, as under secure aggregation, can verify)."""
+    return bool(np.linalg.norm(np.asarray(total, np.float64)) <= count * clip_norm)
+
+
+def _kind(key: str, value: Any) -> str:
+    """'' for a float weight, else what the array is (BatchNorm statistics, or its dtype when not float)."""
+    if hasattr(value, "is_floating_point") and callable(value.is_floating_point):   # a torch tensor
+        floating, dtype = bool(value.is_floating_point()), str(value.dtype).replace("torch.", "")
+    else:
+        dtype = np.dtype(value.dtype if isinstance(value, Array) else np.asarray(value).dtype)
+        floating, dtype = dtype.kind == "f", str(dtype)
+    last = key.rsplit(".", 1)[-1]
+    if last == "num_batches_tracked":
+        return f"BatchNorm batch counter, {dtype}"
+    if last in BATCHNORM_STATE:
+        return "BatchNorm statistics of the users' batches"
+    return "" if floating else f"{dtype}, not float"
+
+
+def non_weight_arrays(arrays: ArrayRecord | Mapping[str, Any] | Any) -> list[str]:
+    """The names of the arrays that cannot be clipped and noised as weights — non-float arrays and BatchNorm's
+    running statistics — from an ArrayRecord, a name → array mapping, or a torch model (its state_dict()):
+    what `frozen=` needs to keep them out of the release."""
+    if hasattr(arrays, "state_dict") and callable(arrays.state_dict):
+        arrays = arrays.state_dict()
+    return [k for k, v in arrays.items() if _kind(k, v)]
 
 
 def check_arrays(arrays: ArrayRecord, frozen: Iterable[str] = ()) -> None:
-    """Refuse, with one line naming the array and the fix, an array that cannot be clipped and noised as a
-    weight: non-float arrays and BatchNorm's running statistics (unless listed in `frozen`)."""
+    """Refuse, in one bounded line, the arrays that cannot be clipped and noised as weights (non-float arrays and
+    BatchNorm's running statistics, unless listed in `frozen`): how many, the first few and what each is, the
+    fixes, and how to list them all."""
     frozen = set(frozen)
     unknown = sorted(frozen - set(arrays.keys()))
     if unknown:
-        raise ConfigError("frozen", unknown[0], f"names no array of the model (it has {list(arrays.keys())[:4]}...)")
-    for key in arrays.keys():
-        if key in frozen:
-            continue
-        dtype = np.dtype(arrays[key].numpy().dtype)
-        batchnorm = key.rsplit(".", 1)[-1] in BATCHNORM_STATE
-        if dtype.kind != "f" or batchnorm:
-            what = ("BatchNorm state, computed from a user's batches" if batchnorm else
-                    f"dtype {dtype}, not float")
-            raise ConfigError(f"array '{key}'", str(dtype),
-                              f"cannot be clipped and noised as a weight ({what}): replace BatchNorm by GroupNorm "
-                              f"(opacus.validators.ModuleValidator.fix(model)) or keep it out of the release "
-                              f"with UserDPFedAvg(..., frozen=['{key}'])")
+        raise ConfigError("frozen", unknown[0], f"names no array of the model (it has {_names(list(arrays.keys()))}; "
+                          f"{len(unknown)} unknown name(s))")
+    bad = [(k, why) for k in arrays.keys() if k not in frozen and (why := _kind(k, arrays[k]))]
+    if bad:
+        shown = [f"{k} ({why})" for k, why in bad[:SHOWN]] + ([f"... {len(bad) - SHOWN} more"] if len(bad) > SHOWN
+                                                                else [])
+        raise ConfigError(
+            "initial_arrays", shown,
+            f"hold {len(bad)} of {len(arrays)} arrays that cannot be clipped and noised as weights (only float "
+            f"weights can: BatchNorm's running statistics are computed from a user's batches, and non-float arrays "
+            f"cannot be noised). Fix: replace BatchNorm by GroupNorm before training "
+            f"(fl_userdp.local.opacus_compat.replace_batchnorm(model)), or keep them out of the release with "
+            f"frozen=non_weight_arrays(initial_arrays) (fl_userdp.server.dropin; the list of all {len(bad)}) — "
+            f"frozen arrays are sent as at the start every round, so frozen statistics stay at their initial "
+            f"values (mean 0, variance 1) and a model evaluated in eval mode normalises with them. The arrays")
+
+
+def _calibrate(target: float, delta: float, q: float, rounds: int, accountant: str) -> tuple[float, float]:
+    try:
+        return calibrate_noise("uls", target, delta, q, rounds, backend=accountant)
+    except ConfigError as err:
+        raise _renamed(err) from None
+
+
+def _renamed(err: ConfigError) -> ConfigError:
+    """The error with the drop-in's argument name (the accounting names fields as the run config does)."""
+    return ConfigError(_KEY_NAMES.get(err.key, err.key), err.value, err.requirement)
+
+
+def _metric(rep: Message, key: str) -> float:
+    for record in rep.content.metric_records.values():
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+def _reply_metrics(rep: Message) -> dict[str, float]:
+    """The scalar metrics of a reply's first MetricRecord (the mod's clipping flag left out)."""
+    records = list(rep.content.metric_records.values())
+    return {k: float(v) for k, v in (records[0].items() if records else [])
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != CLIPPED_METRIC}
+
+
+def _weighted_means(rows: list[dict[str, float]], weight_key: str) -> dict[str, float]:
+    """The replies' scalar metrics averaged as FedAvg does (weighted by `weight_key` when every reply has it)."""
+    if not rows:
+        return {}
+    weights = [r.get(weight_key) for r in rows]
+    if any(w is None or not w > 0 for w in weights):
+        weights = [1.0] * len(rows)
+    total = float(sum(weights))
+    keys = [k for k in rows[0] if k != weight_key and all(k in r for r in rows)]
+    return {k: sum(w * r[k] for w, r in zip(weights, rows)) / total for k in keys}
+
+
+def _one_line(text: Any) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
+
+
+def _names(names: Iterable[str]) -> str:
+    names = list(names)
+    shown = ", ".join(names[:SHOWN])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > SHOWN else shown
+
+
+def _short(text: str, chars: int = 200) -> str:
+    return text if len(text) <= chars else "…" + text[-(chars - 1):]
 
 
 def _fmt_eps(eps: float) -> str:

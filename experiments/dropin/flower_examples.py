@@ -1,6 +1,7 @@
-"""Flower's own example apps (tests/flower_examples/: quickstart-pytorch, quickstart-huggingface; data loading
-synthetic, the one strategy line switchable) run through the Flower CLI, `flwr run <app> --stream`, with the
-drop-in `UserDPFedAvg` and with Flower's `DifferentialPrivacyServerSideFixedClipping(FedAvg)`; prints per round
+"""Flower's own example apps (tests/flower_examples/: quickstart-pytorch, quickstart-huggingface, advanced-pytorch;
+data loading synthetic, the strategy line switchable) run through the Flower CLI, `flwr run <app> --stream`, with
+the drop-in (`UserDPFedAvg`, or `UserDP` around the app's own strategy) and with Flower's
+`DifferentialPrivacyServerSideFixedClipping(FedAvg)`; prints per round
 the ε the drop-in reports (Poisson-sampled user-level PLD) beside the ε of Flower's wrapper's mechanism
 accounted as compare_accountants.py does it (Flower's RDP without amplification, as its wrapper accepts an
 accountant; and Flower's RDP of the same Poisson-subsampled round the drop-in runs).
@@ -30,8 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "tests" / "flower_examples"
-PYTORCH, HUGGINGFACE = "quickstart-pytorch", "quickstart-huggingface"
-VARIANTS = ("fedavg", "userdp", "flower-dp")
+PYTORCH, HUGGINGFACE, ADVANCED = "quickstart-pytorch", "quickstart-huggingface", "advanced-pytorch"
+VARIANTS = ("fedavg", "userdp", "userdp-fedadam", "flower-dp")
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,20 @@ def make_tiny_bert(path: Path) -> Path:
     return path
 
 
-def run_config(example: str, variant: str, s: Settings, model_dir: Path | None = None) -> str:
-    """The `--run-config` overrides: rounds, the variant, the DP parameters (and the HF model, a local dir)."""
+def _toml(value) -> str:
+    return f"'{value}'" if isinstance(value, str) else repr(value)
+
+
+def run_config(example: str, variant: str, s: Settings, model_dir: Path | None = None,
+               extra: dict | None = None) -> str:
+    """The `--run-config` overrides: rounds, the variant, the DP parameters (and the HF model, a local dir);
+    `extra`: more keys the app declares (advanced-pytorch: dp-clipping, dp-max-epsilon, dp-ledger-path)."""
     cfg = [f"num-server-rounds={s.rounds}", f"strategy-variant='{variant}'",
            f"dp-sampling-rate={float(s.sampling_rate)!r}", f"dp-noise-multiplier={float(s.noise_multiplier)!r}",
-           f"dp-clipping-norm={float(s.clipping_norm)!r}", f"dp-delta={float(s.delta)!r}", f"dp-seed={s.seed}",
-           f"dp-num-sampled-clients={s.cohort}"]
+           f"dp-clipping-norm={float(s.clipping_norm)!r}", f"dp-delta={float(s.delta)!r}", f"dp-seed={s.seed}"]
+    if example != ADVANCED:  # the quickstart apps' Flower-wrapper variant needs its cohort size
+        cfg.append(f"dp-num-sampled-clients={s.cohort}")
+    cfg += [f"{k}={_toml(v)}" for k, v in (extra or {}).items()]
     if example == HUGGINGFACE:
         if model_dir is None:
             raise ValueError("the HF example needs model_dir (a saved model: no hub here)")
@@ -147,7 +156,7 @@ def local_superlink_busy() -> bool:
 
 
 def run_app(example: str, variant: str, workdir: Path, s: Settings = Settings(), model_dir: Path | None = None,
-            timeout: float = 300, wait_free: float = 240) -> Run:
+            timeout: float = 300, wait_free: float = 240, extra: dict | None = None) -> Run:
     """`flwr run <copy of the app> --stream`, from the copy, with its own FLWR_HOME under `workdir`. The local
     SuperLink that `flwr run` starts runs the ServerApp in its own working folder (the copy: final_model.pt lands
     there) and outlives the command: it is stopped here, by PID.
@@ -156,10 +165,11 @@ def run_app(example: str, variant: str, workdir: Path, s: Settings = Settings(),
     one another FLWR_HOME started (another `flwr run` on this machine). So the run waits up to `wait_free` s for
     the port to be free, and is tried again once when it went to a SuperLink that was not its own."""
     app = workdir / example
-    shutil.copytree(EXAMPLES / example, app, ignore=shutil.ignore_patterns("__pycache__", "final_model.pt"))
+    shutil.copytree(EXAMPLES / example, app, ignore=shutil.ignore_patterns("__pycache__", "final_model.pt", "outputs",
+                                                                         "wandb-offline.jsonl"))
     flwr = str(Path(sys.executable).with_name("flwr"))
     cmd = [flwr, "run", str(app), "--stream", "--federation-config", f"num-supernodes={s.supernodes}",
-           "--run-config", run_config(example, variant, s, model_dir)]
+           "--run-config", run_config(example, variant, s, model_dir, extra)]
     for attempt in range(2):
         home = workdir / f"flwr-home-{attempt}"
         deadline = time.monotonic() + wait_free

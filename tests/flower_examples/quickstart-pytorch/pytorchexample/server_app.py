@@ -3,9 +3,9 @@
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg  # [changed]
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg  # [changed]
 
-from fl_userdp.server.dropin import UserDPFedAvg  # [changed]
+from fl_userdp.server.dropin import UserDP, UserDPFedAvg  # [changed]
 
 from pytorchexample.task import Net, load_centralized_dataset, test
 
@@ -27,10 +27,12 @@ def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(global_model.state_dict())
 
     # Initialize FedAvg strategy
-    # [changed: the one strategy line, in three variants chosen by the run config's strategy-variant]
+    # [changed: the one strategy line, in four variants chosen by the run config's strategy-variant]
     dp = {k[3:]: v for k, v in context.run_config.items() if k.startswith("dp-")}
     if context.run_config["strategy-variant"] == "userdp":
         strategy = UserDPFedAvg(sampling_rate=dp["sampling-rate"], noise_multiplier=dp["noise-multiplier"], clipping_norm=dp["clipping-norm"], delta=dp["delta"], seed=dp["seed"])
+    elif context.run_config["strategy-variant"] == "userdp-fedadam":
+        strategy = UserDP(FedAdam(fraction_evaluate=fraction_evaluate), sampling_rate=dp["sampling-rate"], noise_multiplier=dp["noise-multiplier"], clipping_norm=dp["clipping-norm"], delta=dp["delta"], seed=dp["seed"])
     elif context.run_config["strategy-variant"] == "flower-dp":
         strategy = DifferentialPrivacyServerSideFixedClipping(FedAvg(fraction_train=dp["sampling-rate"], fraction_evaluate=fraction_evaluate), noise_multiplier=dp["noise-multiplier"], clipping_norm=dp["clipping-norm"], num_sampled_clients=dp["num-sampled-clients"])
     else:
