@@ -14,31 +14,17 @@ a stock Flower setup would report.
 The RDP computation underneath (dp_accounting) logs an absl warning for every
 order whose series does not converge (it leaves that order out, and the ε
 stays an upper bound): dozens per call during calibration. They are silenced
-around the call (the "absl" logger raised to ERROR), nowhere else.
+around the call (`fl_userdp.accounting.rdp.quiet_absl`: the "absl" logger raised to ERROR), nowhere else.
 """
 from __future__ import annotations
 
-import logging
 import math
-from contextlib import contextmanager
-from typing import Iterator
 
 from fl_userdp.accounting.events import Event, UlsRound
 from fl_userdp.accounting.plugins import EventLedger
+from fl_userdp.accounting.rdp import quiet_absl
 
 POPULATION = 10**9
-
-
-@contextmanager
-def quiet_absl() -> Iterator[None]:
-    """The "absl" logger at ERROR for the block (its level restored after)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class FlowerRdpAccountant(EventLedger):

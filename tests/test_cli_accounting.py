@@ -54,3 +54,12 @@ def test_bad_input_exits_2_with_one_line(args, needle):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert needle in lines[0] and "Traceback" not in out.stderr
+
+
+def test_epsilon_rdp_prints_the_number_and_no_absl_warnings():
+    """dp_accounting leaves out RDP orders whose series does not converge and logs an absl WARNING for each (eight
+    at q = 0.5): the command prints its number and nothing else."""
+    out = cli("epsilon", "--mode", "uls", "--sampling-rate", "0.5", "--steps", "3", "--delta", "1e-5",
+              "--noise-multiplier", "1", "--accountant", "rdp")
+    assert out.returncode == 0 and out.stderr == "" and "absl" not in out.stdout
+    assert 6.4 < float(out.stdout) < 6.6

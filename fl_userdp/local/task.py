@@ -72,6 +72,7 @@ from torch import nn
 from ..config import RunConfig, is_task_spec
 from ..errors import ConfigError
 from .model import get_trainable, set_trainable, trainable_params
+from .opacus_compat import import_opacus
 from .pretrained import resolve_device
 from .updates import clip_factors, from_grid_units, grid_units
 
@@ -307,7 +308,7 @@ def _rnn_hint(module: nn.Module) -> str:
 
 def _check_layers(spec: str, module: nn.Module) -> None:
     """opacus' ModuleValidator: layers without private per-example gradients are refused, its messages whole."""
-    from opacus.validators import ModuleValidator
+    ModuleValidator = import_opacus("opacus.validators").ModuleValidator
 
     errors = ModuleValidator.validate(module, strict=False)
     if errors:
@@ -345,7 +346,7 @@ def per_example_losses(task: LoadedTask, rows: np.ndarray, chunk_size: int = DEF
 def per_example_grads(task: LoadedTask, batch: torch.Tensor) -> list[torch.Tensor]:
     """Per-example gradients of the trainable weights, one (b, *shape) float32 tensor per array (opacus'
     GradSampleModule, attached for this call only)."""
-    from opacus import GradSampleModule
+    GradSampleModule = import_opacus().GradSampleModule
 
     module, params = task.module, [p for _, p in trainable_params(task.module)]
     b = int(batch.shape[0])

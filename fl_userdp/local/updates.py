@@ -37,6 +37,7 @@ from torch import nn
 from fl_userdp.mechanism.fixed_point import grid_exponent, record_clip_norm
 
 from .model import get_trainable, set_trainable, trainable_params
+from .opacus_compat import import_opacus
 
 DEFAULT_CHUNK = 64
 DEFAULT_METHOD = "hooks"
@@ -171,7 +172,7 @@ def _grads_opacus(model: nn.Module, tokens: torch.Tensor, params: list[nn.Parame
                   losses: list | None = None) -> list[torch.Tensor]:
     """opacus GradSampleModule, attached for this call only (its disabled hooks would still slow
     and warn in plain backward passes of the shared model)."""
-    from opacus import GradSampleModule
+    GradSampleModule = import_opacus().GradSampleModule
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
