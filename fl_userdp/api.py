@@ -253,7 +253,8 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
             "stop_reasons": stops, "data": report.data_entry(getattr(setup, "data", None), publish)}
     if "els" in runs:  # q·Σ min(n_u, k): public by assumption, as ELS's expected count
         base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum())
-    summary = report.summarize(records, {**base, **dict(extra or {})}, publish, secure_mode(cfg))
+    summary = report.summarize(records, {**base, **dict(extra or {})}, publish, secure_mode(cfg),
+                               banded=cfg.privacy.mechanism == "bandmf" and cfg.privacy.bands > 1)
     report.write_summary(cfg.out, summary)
     report.plot(records, Path(cfg.out) / "plot.png", publish)
     return summary

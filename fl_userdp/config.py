@@ -27,6 +27,10 @@ class PrivacyConfig:
     delta: float = 1e-5
     sampling_rate: float = 0.03125    # users (ULS) or kept examples (ELS)
     max_examples_per_user: int = 8    # k
+    mechanism: str = "independent"    # "independent" | "bandmf": banded correlated noise (fl_userdp.mechanism.bandmf)
+    bands: int = 1                    # b of "bandmf": users in b cyclic groups, round t draws from group (t-1) mod b
+    bandmf_coefficients: str = "sqrt"  # "sqrt" (banded square root) | "optimized" (for train.rounds)
+    participation: str = "poisson"    # within the round's group: "poisson" (rate q) | "fixed" (everyone; q = 1)
     accountant: str = "pld"           # "pld" | "rdp" | "group" | "package.module:Factory" (a plug-in ledger)
     max_epsilon: float | None = None  # budget stop; None = no stop
     secure_mode: bool | None = None   # sampling and noise from OS entropy (not from the seed); None = "auto":
@@ -210,6 +214,7 @@ def _check(cfg: RunConfig) -> RunConfig:
          "privacy.noise-multiplier", p.noise_multiplier, "must be 0 (no noise) or >= 0.01 (below it epsilon runs "
          "to the thousands and cannot be accounted accurately)")
     need(p.max_examples_per_user >= 1, "privacy.max-examples-per-user", p.max_examples_per_user, "must be >= 1")
+    _check_mechanism(p)
     need(p.accountant in ("pld", "rdp", "group") or _PLUGIN.match(p.accountant) is not None, "privacy.accountant",
          p.accountant, "must be 'pld', 'rdp', 'group' or a plug-in 'package.module:Factory'")
     need(not (p.accountant == "rdp" and p.mode == "els"), "privacy.accountant", p.accountant,
@@ -270,6 +275,27 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     need(cfg.checkpoint_every >= 0, "checkpoint-every", cfg.checkpoint_every, "must be >= 0")
     return cfg
+
+
+def _check_mechanism(p: PrivacyConfig) -> None:
+    """privacy.mechanism / bands / bandmf-coefficients / participation (one-line errors naming the key)."""
+    if p.mechanism not in ("independent", "bandmf"):
+        raise ConfigError("privacy.mechanism", p.mechanism, "must be 'independent' or 'bandmf'")
+    if p.bands < 1 or (p.bands > 1 and p.mechanism != "bandmf"):
+        raise ConfigError("privacy.bands", p.bands, "must be >= 1, and 1 unless privacy.mechanism is 'bandmf'")
+    if p.bandmf_coefficients not in ("sqrt", "optimized"):
+        raise ConfigError("privacy.bandmf-coefficients", p.bandmf_coefficients, "must be 'sqrt' or 'optimized'")
+    if p.participation not in ("poisson", "fixed"):
+        raise ConfigError("privacy.participation", p.participation, "must be 'poisson' or 'fixed'")
+    if p.participation == "fixed" and p.sampling_rate != 1:
+        raise ConfigError("privacy.sampling-rate", p.sampling_rate, "must be 1 with privacy.participation 'fixed' "
+                          "(every user of the round's group takes part)")
+    if p.mechanism == "bandmf" and p.adaptive_clip_quantile is not None:
+        raise ConfigError("privacy.adaptive-clip-quantile", p.adaptive_clip_quantile,
+                          "must be 'none' with privacy.mechanism 'bandmf' (banded noise is built for a fixed clip norm)")
+    if p.bands > 1 and _PLUGIN.match(p.accountant) is not None:
+        raise ConfigError("privacy.accountant", p.accountant, "must be 'pld', 'rdp' or 'group' with privacy.bands > 1 "
+                          "(a plug-in ledger does not know the banded accounting)")
 
 
 def parse_config(flat: Mapping[str, Any] | None = None, base: RunConfig | None = None) -> RunConfig:

@@ -30,6 +30,7 @@ from fl_userdp.errors import ConfigError
 from fl_userdp.records.release_log import LogContents, ReleaseLog, log_path, read_log
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .noise_record import NoiseRecord
 from .strategy import Evaluator, Transport, UserDPStrategy, identity
 
 
@@ -51,7 +52,7 @@ def noise_multiplier(cfg: RunConfig, expected: float | None = None) -> float:
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     sigma, _ = calibrate_noise(p.mode, p.target_epsilon, p.delta, p.sampling_rate, cfg.train.rounds,
-                               p.max_examples_per_user, p.accountant)
+                               p.max_examples_per_user, p.accountant, bands=p.bands)
     if p.adaptive_clip_quantile is None:
         return sigma
     if p.count_noise_multiplier is None and expected is None:
@@ -77,7 +78,7 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False
 
     for mode in modes or [cfg.privacy.mode]:  # a ledger that cannot serve is refused before anything loads
         p = with_mode(cfg, mode).privacy
-        event = make_event(mode, p.sampling_rate, p.noise_multiplier or 1.0, p.max_examples_per_user)
+        event = make_event(mode, p.sampling_rate, p.noise_multiplier or 1.0, p.max_examples_per_user, p.bands)
         check_supports(make_accountant(p.accountant, p.delta), event, p.accountant)
     if is_task_spec(cfg.model.name):  # your own task: the nodes' factory (a ConfigError on bad input)
         from fl_userdp.local.task import cached_task
@@ -235,8 +236,9 @@ def _ledger_matches_log(strategy: UserDPStrategy, entries: list[dict[str, Any]])
     return fresh.state_dict() == strategy.accountant.state_dict()
 
 
-def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents) -> None:
-    """Checkpoint (if any) + replay of the logged releases after it; the ledger is checked against the log."""
+def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents, noise: NoiseRecord | None = None) -> None:
+    """Checkpoint (if any) + replay of the logged releases after it; the ledger is checked against the log.
+    Banded noise (b > 1): each replayed round's w from the secret `noise` record (refused where it is lost)."""
     ckpt, mode = checkpoint_path(out, strategy.mode), strategy.mode
     if ckpt.exists():
         meta, arrays = load_checkpoint(ckpt)
@@ -252,7 +254,7 @@ def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents) -> None:
         if update is None or update.size != strategy.weights.size:
             raise ConfigError("--resume", str(log_path(out, mode)), f"holds no update for round {entry['round']} "
                               "and no checkpoint covers it; refusing to resume")
-        strategy.replay(entry, update)
+        strategy.replay(entry, update, noise.read(int(entry["round"])) if noise is not None else None)
 
 
 def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: str | Path,
@@ -273,11 +275,22 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
                           f"differs from the run being resumed ({sigma!r})")
     strategy = UserDPStrategy(cfg, setup.counts, setup.init_weights,
                               sigma if sigma is not None else noise_multiplier(cfg, expected_for(cfg, setup.counts)))
+    banded = strategy.stream is not None and strategy.stream.bands > 1
+    noise = NoiseRecord(out, mode) if banded else None  # secret: each round's correlated noise (noise_record)
     if contents:
-        _resume(strategy, out, contents)
+        if strategy.stream is not None:  # the coefficients the run started with ('optimized' depend on its T)
+            strategy.use_coefficients(contents.run.get("noise_coefficients", strategy.stream.coeffs.tolist()))
+        if noise is not None:
+            noise.open(log.run_id)
+        _resume(strategy, out, contents, noise)
     else:
+        coeffs = {"noise_coefficients": strategy.stream.coeffs.tolist()} if strategy.stream is not None else {}
         log.start({"mode": mode, "identity": identity(cfg), "noise_multiplier": strategy.noise_multiplier,
-                   "size": int(strategy.weights.size)})
+                   "size": int(strategy.weights.size), **coeffs})
+        if noise is not None:
+            noise.start(log.run_id)
+    if noise is not None:
+        strategy.noise_record = noise.write
     strategy.journal = log.append
     start = strategy.round
     records = _restore_records(metrics, strategy, contents, publish)
@@ -286,6 +299,8 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         meta, arrays = strategy.state()
         save_checkpoint(checkpoint_path(out, mode), {**meta, "run_id": log.run_id}, arrays)
         log.compact(strategy.round)
+        if noise is not None:
+            noise.compact(strategy.round)
 
     while strategy.round < cfg.train.rounds:
         rec = strategy.run_round(transport, evaluate)

@@ -50,7 +50,9 @@ from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.mechanism.noise import SecureGenerator, release_rng
 from fl_userdp.rng import rng_for
-from fl_userdp.mechanism.sampling import MODE_KEYS, cap_examples, poisson_examples, poisson_users
+from fl_userdp.mechanism.bandmf import NoiseStream, coefficients
+from fl_userdp.mechanism.sampling import (MODE_KEYS, cap_examples, cyclic_groups, group_examples, group_of_round,
+                                          group_positions, group_users, poisson_examples, poisson_users)
 from fl_userdp.mechanism.validation import check_contribution
 
 from .optimizer import make_optimizer
@@ -154,7 +156,13 @@ class UserDPStrategy:
         # the ledger's σ: the sum's, or the joint (sum, unclipped count) release's effective multiplier
         self.accounted_multiplier = effective_noise_multiplier(self.noise_multiplier, self.count_noise) \
             if self.adaptive else self.noise_multiplier
-        self.event = make_event(self.mode, p.sampling_rate, self.accounted_multiplier, p.max_examples_per_user)
+        self.event = make_event(self.mode, p.sampling_rate, self.accounted_multiplier, p.max_examples_per_user,
+                                p.bands)
+        self._cyclic_groups(p.bands)  # b > 1: each round draws within one group (`fl_userdp.mechanism.sampling`)
+        # banded correlated noise: w_t = (C⁻¹z)_t from a stream whose buffer is secret state (checkpointed)
+        self.stream = NoiseStream(coefficients(p.bandmf_coefficients, p.bands, cfg.train.rounds), self.weights.size) \
+            if p.mechanism == "bandmf" else None
+        self.noise_record: Callable[[int, np.ndarray], None] | None = None  # set by the runner (b > 1)
         self.accountant = make_accountant(p.accountant, p.delta)  # built-in, or a plug-in ledger
         check_supports(self.accountant, self.event, p.accountant)
         self.optimizer = make_optimizer(cfg.train.server_optimizer, cfg.train.server_lr, self.weights.size)
@@ -164,6 +172,31 @@ class UserDPStrategy:
         self._ahead: tuple[int, dict] | None = None  # (round, requests) drawn ahead, used only by that round
         self.failed_streak = 0               # consecutive rounds over sim.max-failed-fraction
         self.failure_stop = False
+
+    def _cyclic_groups(self, bands: int) -> None:
+        """The one-time split into `bands` groups (seed only) and each group's members and expected count."""
+        self.groups = None
+        if bands == 1:
+            return
+        if bands > self.num_users:
+            raise ConfigError("privacy.bands", bands, f"must be <= the number of training users ({self.num_users})")
+        p = self.cfg.privacy
+        self.groups = cyclic_groups(rng_for(self.cfg.seed, "groups"), self.num_users, bands)
+        self.group_members = [np.flatnonzero(self.groups == g) for g in range(bands)]
+        self.group_positions = [group_positions(self.capped, self.groups, g) for g in range(bands)] \
+            if self.mode == "els" else None
+        self.group_expected = [expected_count(self.mode, p.sampling_rate, m.size, None if self.mode == "uls"
+                                              else int(self.group_positions[g].size))
+                               for g, m in enumerate(self.group_members)]
+        empty = next((g for g, e in enumerate(self.group_expected) if e <= 0), None)
+        if empty is not None:
+            raise ConfigError("privacy.bands", bands, f"leaves group {empty} without training examples")
+
+    def expected_of(self, rnd: int) -> float:
+        """Round `rnd`'s expected count: the mode's (q·N or q·n_k), or its group's with cyclic groups."""
+        if self.groups is None:
+            return self.expected
+        return self.group_expected[group_of_round(rnd, len(self.group_expected))]
 
     @property
     def budget(self) -> tuple[float, str] | None:
@@ -193,11 +226,14 @@ class UserDPStrategy:
         # each mode draws its own cohorts: the releases of ULS and ELS in one compare are independent mechanisms
         rng = SecureGenerator() if self.secure else rng_for(self.cfg.seed, "sampling", rnd, key=MODE_KEYS[self.mode])
         q = p.sampling_rate
+        g = group_of_round(rnd, p.bands)
         if self.mode == "uls":
-            users = poisson_users(rng, self.num_users, q)
+            users = poisson_users(rng, self.num_users, q) if self.groups is None else \
+                group_users(rng, self.group_members[g], q)
             return {int(g[0] // U): NodeRequest("uls", rnd, g)
                     for g in np.split(users, np.flatnonzero(np.diff(users // U)) + 1) if g.size}
-        s = poisson_examples(rng, self.capped, q)
+        s = poisson_examples(rng, self.capped, q) if self.groups is None else \
+            group_examples(rng, self.capped, self.group_positions[g], q)
         requests: dict[int, NodeRequest] = {}
         node_of = s.users // U
         for node in np.unique(node_of):
@@ -271,21 +307,24 @@ class UserDPStrategy:
         # 5. noise once (drawn for this release only), divide by the expected count; with adaptive clipping
         #    the centred unclipped count is released with it (its own noise, from the same generator, which
         #    is keyed by the count and the count's noise std as well)
-        C = self.clip_norm
+        #    (privacy.mechanism "bandmf": the draw becomes this round's (C⁻¹z)_t, `fl_userdp.mechanism.bandmf`)
+        C, E = self.clip_norm, self.expected_of(rnd)
         std = C * self.noise_multiplier
         extra = (self.count_noise, st["unclipped_centred"]) if self.adaptive else ()
         rng = SecureGenerator() if self.secure else \
-            release_rng(self.cfg.seed, self.mode, rnd, std, self.expected, total, extra)
-        rel = release(total, C, self.noise_multiplier, self.expected, rng)
+            release_rng(self.cfg.seed, self.mode, rnd, std, E, total, extra)
+        rel = release(total, C, self.noise_multiplier, E, rng, self.stream)
         adapt = {}
         if self.adaptive:
             noisy = st["unclipped_centred"] + self.count_noise * float(rng.standard_normal(1)[0])
-            fraction = unclipped_fraction(noisy, self.expected)
+            fraction = unclipped_fraction(noisy, E)
             adapt = {"unclipped_fraction": fraction,
                      "next_clip_norm": next_clip_norm(C, fraction, p.adaptive_clip_quantile, p.adaptive_clip_lr)}
         # 6. account, 7. log (durable before anything applies or writes it), 8. step
         self.accountant.compose(self.event)
         eps = float(self.accountant.epsilon())
+        if self.noise_record is not None and self.stream is not None and self.stream.bands > 1:
+            self.noise_record(rnd, self.stream.newest())  # secret, durable before the release is logged
         if self.journal is not None:
             self.journal({**self.ledger_entry(rnd, eps), **adapt}, rel.update)
         self.weights = self.optimizer.step(self.weights, rel.update)
@@ -326,19 +365,26 @@ class UserDPStrategy:
         p = self.cfg.privacy
         return {"round": rnd, "mode": self.mode, "epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,
                 "noise_multiplier": self.noise_multiplier,
-                "clip_norm": self.clip_norm if clip_norm is None else clip_norm, "expected_count": self.expected}
+                "clip_norm": self.clip_norm if clip_norm is None else clip_norm, "expected_count": self.expected_of(rnd)}
 
     def ledger_entry(self, rnd: int, eps: float) -> dict[str, Any]:
         """What the release log stores about round `rnd` besides the update: its event and its ε."""
         return {**self.release_record(rnd, eps), "event": event_to_dict(self.event)}
 
-    def replay(self, entry: dict[str, Any], update: np.ndarray | None) -> None:
-        """Apply logged release `entry` again (resume): compose its event; step with its update if given."""
+    def replay(self, entry: dict[str, Any], update: np.ndarray | None, noise: np.ndarray | None = None) -> None:
+        """Apply logged release `entry` again (resume): compose its event; step with its update if given; with
+        banded noise (b > 1) push the round's recorded w into the stream (refused without it: the stream's
+        state would be lost)."""
         if int(entry["round"]) != self.round + 1:
             raise ConfigError("--resume", entry.get("round"), f"release log skips from round {self.round}")
         event = event_from_dict(entry["event"])
         if event != self.event:
             raise ConfigError("--resume", entry["event"], f"logged event differs from this run's {self.event}")
+        if self.stream is not None:
+            if noise is None and self.stream.bands > 1:
+                raise ConfigError("--resume", entry["round"], "has no recorded noise for the banded noise stream "
+                                  "(its secret state is lost); refusing to resume")
+            self.stream.push(noise if noise is not None else np.zeros(self.stream.size))
         self.accountant.compose(event)
         if update is not None:
             self.weights = self.optimizer.step(self.weights, np.asarray(update, np.float64))
@@ -353,7 +399,16 @@ class UserDPStrategy:
                 "clip_norm": self.clip_norm,
                 "ledger": self.accountant.state_dict(), "identity": identity(self.cfg),
                 "optimizer": {k: v for k, v in opt.items() if not isinstance(v, np.ndarray)}}
+        if self.stream is not None:  # secret: past noise (checkpoints only, never a published file)
+            noise = self.stream.state_dict()
+            meta["noise_stream_rounds"] = noise["rounds"]
+            arrays.update(noise_coefficients=noise["coefficients"], noise_buffer=noise["buffer"])
         return meta, arrays
+
+    def use_coefficients(self, coeffs) -> None:
+        """The noise stream of the run being resumed (its logged coefficients: 'optimized' ones depend on the
+        train.rounds the run started with)."""
+        self.stream = NoiseStream(np.asarray(coeffs, np.float64), self.weights.size)
 
     def restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Load a checked checkpoint (see server.checkpoint.load_checkpoint)."""
@@ -369,6 +424,16 @@ class UserDPStrategy:
                                         **{k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}})
         self.weights, self.round = weights, int(meta["round"])
         self.clip_norm = float(meta.get("clip_norm", self.clip_norm))
+        if self.stream is not None:
+            if "noise_buffer" not in arrays or int(meta.get("noise_stream_rounds", -1)) != self.round:
+                raise ConfigError("--resume", self.round, "is a checkpoint without the banded noise stream's state "
+                                  "(privacy.mechanism 'bandmf'); refusing to resume")
+            try:
+                self.stream.load_state_dict({"coefficients": arrays["noise_coefficients"], "rounds": self.round,
+                                             "buffer": arrays["noise_buffer"]})
+            except ValueError as err:
+                raise ConfigError("--resume", self.round, f"has a noise stream that does not fit this run ({err}); "
+                                  "refusing to resume") from None
 
 
 def with_clip_norm(cfg: RunConfig, clip_norm: float) -> RunConfig:

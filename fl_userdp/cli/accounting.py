@@ -15,7 +15,18 @@ def _privacy_options(p: argparse.ArgumentParser, steps_help: str = "number of re
     p.add_argument("--delta", type=float, required=True, metavar="D")
     p.add_argument("--max-examples-per-user", type=int, metavar="K",
                    help="per-user cap k (required for els)")
+    p.add_argument("--bands", type=int, default=1, metavar="B",
+                   help="banded correlated noise (privacy.mechanism bandmf) over B cyclic groups: T releases are "
+                        "ceil(T/B) participations of the round's event (default 1: independent noise); with "
+                        "--sampling-rate 1, the deterministic variant (every user of the group)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _bands(a: argparse.Namespace) -> dict:
+    """Validates --bands; the payload's "bands" entry (only when > 1, so the independent payload is unchanged)."""
+    if a.bands < 1:
+        raise ConfigError("--bands", a.bands, "must be >= 1")
+    return {"bands": a.bands} if a.bands > 1 else {}
 
 
 # -- epsilon ----------------------------------------------------------------
@@ -31,14 +42,15 @@ def epsilon_cmd(a: argparse.Namespace) -> int:
     if a.steps < 0:
         raise ConfigError("--steps", a.steps, "must be >= 0")
     check_delta(a.delta, "--delta")
-    event = make_event(a.mode, a.sampling_rate, a.noise_multiplier, a.max_examples_per_user)
+    bands = _bands(a)
+    event = make_event(a.mode, a.sampling_rate, a.noise_multiplier, a.max_examples_per_user, a.bands)
     check_backend(a.accountant, a.mode)
     eps = epsilon_for([(event, a.steps)], a.delta, a.accountant)
     payload = {
         "epsilon": json_number(eps), "epsilon_infinite": math.isinf(eps), "delta": a.delta,
         "mode": a.mode, "accountant": a.accountant, "sampling_rate": a.sampling_rate,
         "noise_multiplier": a.noise_multiplier, "steps": a.steps,
-        "max_examples_per_user": a.max_examples_per_user,
+        "max_examples_per_user": a.max_examples_per_user, **bands,
     }
     emit(payload, a.json, fmt_eps(eps))
     return 0
@@ -57,15 +69,16 @@ def calibrate_cmd(a: argparse.Namespace) -> int:
     if a.steps < 0:
         raise ConfigError("--steps", a.steps, "must be >= 0")
     check_delta(a.delta, "--delta")
-    make_event(a.mode, a.sampling_rate, 1.0, a.max_examples_per_user)
+    bands = _bands(a)
+    make_event(a.mode, a.sampling_rate, 1.0, a.max_examples_per_user, a.bands)
     check_backend(a.accountant, a.mode)
     sigma, eps = calibrate_noise(a.mode, a.target_epsilon, a.delta, a.sampling_rate, a.steps,
-                                 a.max_examples_per_user, a.accountant)
+                                 a.max_examples_per_user, a.accountant, bands=a.bands)
     payload = {
         "noise_multiplier": sigma, "epsilon": json_number(eps), "epsilon_infinite": math.isinf(eps),
         "target_epsilon": a.target_epsilon, "delta": a.delta, "mode": a.mode,
         "accountant": a.accountant, "sampling_rate": a.sampling_rate, "steps": a.steps,
-        "max_examples_per_user": a.max_examples_per_user,
+        "max_examples_per_user": a.max_examples_per_user, **bands,
     }
     emit(payload, a.json, f"{sigma:.6g}")
     return 0

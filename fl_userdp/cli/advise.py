@@ -11,7 +11,8 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from .data import read_pilot, corpus, row_len, run_config, source_given, source_options, budget_options
+from .data import (banded_options, budget_options, corpus, read_pilot, row_len, run_config, source_given,
+                   source_options)
 
 
 def _ints(text: str) -> list[int]:
@@ -65,7 +66,7 @@ def advise_cmd(a: argparse.Namespace) -> int:
 
             Path(a.save_pilot).write_text(json.dumps({"pilot": pilot.to_dict(), "source": cfg.data.source,
                                                       "model": cfg.model.name, "seq_len": row_len(cfg)}) + "\n")
-    adv = advise(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, pilot, a.caps)
+    adv = advise(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, pilot, a.caps, **banded_options(a, cfg))
     if a.json:
         payload = adv.to_dict()
         payload["pilot"] = pilot.to_dict()

@@ -175,6 +175,18 @@ def budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, required=True, metavar="T")
     p.add_argument("--epsilon", type=float, required=True, metavar="E")
     p.add_argument("--delta", type=float, required=True, metavar="D")
+    p.add_argument("--bands", type=int, default=None, metavar="B",
+                   help="banded correlated noise over B cyclic groups (default: the run config's privacy.bands, 1)")
+    p.add_argument("--bandmf-coefficients", choices=["sqrt", "optimized"], default=None,
+                   help="the banded strategy (default: the run config's privacy.bandmf-coefficients, sqrt)")
+
+
+def banded_options(a: argparse.Namespace, cfg) -> dict:
+    """bands= and coefficients= for the planner and the advisor: the options, else the run config's."""
+    bands = cfg.privacy.bands if a.bands is None else a.bands
+    if bands < 1:
+        raise ConfigError("--bands", bands, "must be >= 1")
+    return {"bands": bands, "coefficients": a.bandmf_coefficients or cfg.privacy.bandmf_coefficients}
 
 
 # -- plan -----------------------------------------------------------------------------
@@ -215,7 +227,7 @@ def plan_cmd(a: argparse.Namespace) -> int:
 
     plan = make_plan(counts, a.examples_per_step, a.steps, a.epsilon, a.delta, a.clip_norm,
                      a.els_quantiles or ELS_QUANTILES, a.uls_quantiles or ULS_QUANTILES, seq_len=row_len(cfg),
-                     pilot=read_pilot(a.pilot) if a.pilot else None)
+                     pilot=read_pilot(a.pilot) if a.pilot else None, **banded_options(a, cfg))
     payload = plan.to_dict()
     payload["source"] = a.counts_file or cfg.data.source
     if a.json:

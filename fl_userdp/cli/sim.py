@@ -88,6 +88,8 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
         target = " (the resumed run's)" if logged is not None else "" if cfg.privacy.noise_multiplier is not None \
             else f" (for ε={cfg.privacy.target_epsilon:g}, also the run's budget)"
         console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}")
+    if cfg.privacy.mechanism == "bandmf":
+        console.print(mechanism_line(cfg, sum(int(a.size) for a in setup.init_weights)), markup=False)
     console.print(randomness_line(cfg))
 
     timing = [TimeElapsedColumn()] if publish else []  # timings are diagnostics
@@ -136,6 +138,22 @@ def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace,
                       "--resume")
         return 4
     return 0
+
+
+def mechanism_line(cfg, size: int) -> str:
+    """One line for privacy.mechanism 'bandmf': bands, coefficients, participation, the prefix-sum error against
+    independent noise at equal σ for this run's T, and the noise stream's memory (b·d floats per mode)."""
+    from ..mechanism.bandmf import coefficients, error_ratio
+
+    p, T = cfg.privacy, cfg.train.rounds
+    c = coefficients(p.bandmf_coefficients, p.bands, T)
+    groups = f"{p.bands} cyclic groups, " if p.bands > 1 else ""
+    within = "every user of the group" if p.participation == "fixed" else f"Poisson q={p.sampling_rate:g}"
+    mib = p.bands * size * 8 / 2**20
+    return (f"  noise: banded (BandMF, b={p.bands}, {p.bandmf_coefficients} coefficients; {groups}{within}): "
+            f"prefix-sum RMSE {error_ratio(c, T):.3f}x independent noise's at equal σ over T={T}; memory b·d = "
+            f"{p.bands}·{size} = {p.bands * size:,} floats ({mib:.1f} MiB) per mode, the last b-1 secret "
+            f"(checkpoint, secret-noise-<mode>/)")
 
 
 def randomness_line(cfg) -> str:

@@ -132,6 +132,11 @@ def _write_atomic(path: Path, blob: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_atomic(path: str | Path, blob: bytes) -> None:
+    """Write `blob` to `path` atomically and durably (a temporary file, fsync, rename, fsync of the folder)."""
+    _write_atomic(Path(path), blob)
+
+
 class ReleaseLog:
     """Appends releases durably to one mode's log (see the module docstring)."""
 

@@ -47,10 +47,17 @@ SEEDED = ("SEEDED run (reproducible): its cohorts and noise derive from the seed
 SECURE = "secure mode: cohorts and noise were drawn from the operating system's CSPRNG, not from the seed"
 
 
-def guarantee(publish_diagnostics: bool = True, secure_mode: bool = False) -> str:
+BANDED = ("BANDED noise (privacy.mechanism 'bandmf'): the checkpoints (checkpoint-<mode>.npz) and "
+          "secret-noise-<mode>/ hold past noise, which with the releases gives back the clipped sums: they are "
+          "SECRET, not covered; keep them private and publish only the other outputs")
+
+
+def guarantee(publish_diagnostics: bool = True, secure_mode: bool = False, banded: bool = False) -> str:
     """The guarantee statement written into every summary (and shown by `fl-userdp` at the end of a run)."""
     head = GUARANTEE if publish_diagnostics else GUARANTEE.split("; everything")[0] + "; no diagnostics were published"
-    return f"{head}. Limits: {LIMITS}. {SECURE if secure_mode else SEEDED}."
+    if banded:
+        head = head.replace("the weights and checkpoints,", "the weights,")
+    return f"{head}. Limits: {LIMITS}. {SECURE if secure_mode else SEEDED}." + (f" {BANDED}." if banded else "")
 
 
 def split_record(record: dict[str, Any], publish_diagnostics: bool = True) -> dict[str, Any]:
@@ -148,7 +155,7 @@ def by_mode(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 # -- summary ---------------------------------------------------------------------
 def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
-              publish_diagnostics: bool = True, secure_mode: bool = False) -> dict[str, Any]:
+              publish_diagnostics: bool = True, secure_mode: bool = False, banded: bool = False) -> dict[str, Any]:
     """Per mode: rounds, final/best eval loss, final ε at δ, σ; diagnostics (train loss, counts, clipped
     fraction, failures, wall time) in their own group, or left out."""
     modes = {}
@@ -174,7 +181,7 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
                 "rejected": sum(r.get("rejected") or 0 for r in rows),
                 "wall_time": sum(r.get("wall_time") or 0.0 for r in rows),
             }
-    return {"guarantee": guarantee(publish_diagnostics, secure_mode), "modes": modes,
+    return {"guarantee": guarantee(publish_diagnostics, secure_mode, banded), "modes": modes,
             **(extra or {})}
 
 

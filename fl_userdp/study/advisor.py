@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .planner import check_budget, check_counts
+from .planner import banded, check_budget, check_counts
 
 CAPS = (1, 2, 4, 8, 16, 32, 64)
 CLOSE = 1.25        # SNR ratios within [1/CLOSE, CLOSE] are "too close to call"
@@ -109,6 +109,7 @@ class Advice:
     uls: list[Option] = field(default_factory=list)
     best_els: Option | None = None
     best_uls: Option | None = None
+    bands: int = 1                 # b > 1: banded correlated noise over b cyclic groups (`advise`)
 
     @property
     def margin(self) -> float:
@@ -143,8 +144,12 @@ def snr(cosine: float, records: float, sigma: float, dim: int) -> float:
 
 def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: int, epsilon: float,
            delta: float, pilot: Pilot, caps: Sequence[int] | None = None,
-           calibrate: Callable | None = None) -> Advice:
-    """Every feasible cap of each mode scored by `snr`; the best of each mode and the predicted winner."""
+           calibrate: Callable | None = None, bands: int = 1, coefficients: str = "sqrt") -> Advice:
+    """Every feasible cap of each mode scored by `snr`; the best of each mode and the predicted winner.
+
+    `bands` > 1: banded correlated noise over b cyclic groups (`fl_userdp.study.planner` docstring): q is
+    within a group, σ is calibrated for ⌈T/b⌉ participations and enters the SNR times the strategy's
+    prefix-sum noise factor."""
     if calibrate is None:
         from ..accounting import calibrate_noise as calibrate
     n = check_counts(counts)
@@ -153,19 +158,21 @@ def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: 
     if not caps:
         raise ConfigError("caps", list(caps or CAPS), "none was measured by the pilot")
     B, N = float(examples_per_step), int(n.size)
+    extra, factor = banded(bands, coefficients, int(steps))
 
     def option(mode: str, cap: int) -> Option | None:
         kept = float(np.minimum(n, cap).sum())
-        q = B / kept
+        q = B * bands / kept  # within one of the b groups
         if q > 1:
             return None
-        sigma, eps = calibrate(mode, epsilon, delta, q, steps, cap if mode == "els" else None, rel_tol=REL_TOL)
+        sigma, eps = calibrate(mode, epsilon, delta, q, steps, cap if mode == "els" else None, rel_tol=REL_TOL,
+                               **extra)
         if mode == "els":
-            records, cos, epochs = B, pilot.example_cosine[cap], q * steps
+            records, cos = B, pilot.example_cosine[cap]
         else:
-            records, cos, epochs = q * N, pilot.user_cosine[cap], q * steps
+            records, cos = q * N / bands, pilot.user_cosine[cap]
         return Option(mode, int(cap), q, float(sigma), float(eps), records, B / records, float(cos),
-                      snr(cos, records, sigma, pilot.dim), epochs, True)
+                      snr(cos, records, sigma * factor, pilot.dim), q * steps / bands, True)
 
     els = [o for o in (option("els", c) for c in caps) if o is not None]
     uls = [o for o in (option("uls", c) for c in caps) if o is not None]
@@ -173,7 +180,7 @@ def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: 
         raise ConfigError("examples-per-step", B, f"cannot be spent at any cap in {caps} (q would exceed 1): "
                           "lower it or allow larger caps")
     return Advice(float(epsilon), float(delta), B, int(steps), N, int(pilot.dim), els, uls,
-                  max(els, key=lambda o: o.snr), max(uls, key=lambda o: o.snr))
+                  max(els, key=lambda o: o.snr), max(uls, key=lambda o: o.snr), int(bands))
 
 
 def format_advice(adv: Advice) -> str:
@@ -196,6 +203,7 @@ def format_advice(adv: Advice) -> str:
     lines.append(f"predicted: {verdict} (update SNR {margin:.2f}x the other mode's, ELS/ULS = {adv.margin:.3f})")
     best = adv.best_els if adv.winner == "els" else adv.best_uls
     lines.append(f"recommended: privacy.mode={best.mode} privacy.max-examples-per-user={best.cap} "
+                 + (f"privacy.mechanism=bandmf privacy.bands={adv.bands} " if adv.bands > 1 else "") +
                  f"privacy.sampling-rate={best.sampling_rate:.6g} privacy.noise-multiplier={best.noise_multiplier:.6g} "
                  f"train.rounds={adv.steps}")
     return "\n".join(lines)

@@ -47,6 +47,13 @@ the 10 % slack. Without one, the ratio is per record and its ULS-vs-ELS
 comparison is biased toward ELS by a; `fl-userdp advise` makes the comparison
 between modes with the measured gain (`fl_userdp.study.advisor`).
 
+**Banded correlated noise** (`bands` = b > 1: privacy.mechanism "bandmf"). Users are split into b cyclic
+groups and a step draws within one group, so spending B per step takes q = b·B / Σ min(n_u, k); σ is
+calibrated for ⌈T/b⌉ participations (`calibrate_noise(..., bands=b)`); and since the noise is correlated
+across steps, each candidate's ratio is multiplied by the prefix-sum RMSE of the strategy relative to
+independent noise at equal σ over T steps (`fl_userdp.mechanism.bandmf.error_ratio`, `noise_factor`):
+the noise the model's iterate accumulates, which is what the banded strategy lowers.
+
 **Units.** An example is one row of `model.seq-len` tokens of a user's
 tokenised text (the run packs each user's texts into such rows), so n_u, k
 and B all count rows of the run's `model.seq-len`; the same text gives other
@@ -105,6 +112,8 @@ class Plan:
     best_els: Candidate | None = None
     best_uls: Candidate | None = None
     seq_len: int | None = None  # tokens per example row (model.seq-len): the unit of n_u, k and B
+    bands: int = 1              # b > 1: banded correlated noise over b cyclic groups (module docstring)
+    noise_factor: float = 1.0   # the strategy's prefix-sum RMSE over independent noise's (1 for b = 1)
 
     @property
     def k_caps(self) -> str:
@@ -150,10 +159,23 @@ def _candidates(counts: np.ndarray, quantiles: Sequence[float]) -> list[tuple[fl
     return sorted(((qt, k) for k, qt in seen.items()), key=lambda t: t[1])
 
 
+def banded(bands: int, coefficients: str, steps: int) -> tuple[dict, float]:
+    """The calibration's extra keywords for `bands` ({} for b = 1) and the noise factor: the prefix-sum RMSE of
+    the b-banded strategy over independent noise's at equal σ over `steps` (1.0 for b = 1)."""
+    if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
+        raise ConfigError("privacy.bands", bands, "must be an integer >= 1")
+    if bands == 1:
+        return {}, 1.0
+    from ..mechanism.bandmf import coefficients as strategy, error_ratio
+
+    return {"bands": bands}, error_ratio(strategy(coefficients, bands, steps), steps)
+
+
 def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: int, epsilon: float,
               delta: float, clip_norm: float = 1.0, els_quantiles: Sequence[float] = ELS_QUANTILES,
               uls_quantiles: Sequence[float] = ULS_QUANTILES,
-              calibrate: Callable | None = None, seq_len: int | None = None, pilot=None) -> Plan:
+              calibrate: Callable | None = None, seq_len: int | None = None, pilot=None, bands: int = 1,
+              coefficients: str = "sqrt") -> Plan:
     """Evaluate the ELS and ULS candidates and pick one of each (see the module docstring).
 
     `pilot` (a `fl_userdp.study.advisor.Pilot`): score candidates per unit of measured signal (`Candidate.score`).
@@ -173,22 +195,24 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
             raise ConfigError(name, list(qs), "must be a non-empty list of numbers in [0, 1]")
     total, num = int(n.sum()), int(n.size)
     B = float(examples_per_step)
+    extra, factor = banded(bands, coefficients, int(steps))
 
     def candidate(mode: str, qt: float | None, k: int, last: bool) -> Candidate | None:
         kept = np.minimum(n, k)
         s_k = float(kept.sum())
-        q = B / s_k
+        q = B * bands / s_k  # a step draws from one of the b groups (about 1/b of the kept examples)
         if q > 1 and not last:
             return None
         q = min(q, 1.0)
-        sigma, eps = calibrate(mode, epsilon, delta, q, steps, k if mode == "els" else None, rel_tol=REL_TOL)
-        spent = q * s_k
+        sigma, eps = calibrate(mode, epsilon, delta, q, steps, k if mode == "els" else None, rel_tol=REL_TOL,
+                               **extra)
+        spent = q * s_k / bands
         if mode == "els":
-            cohort = float(np.sum(1.0 - (1.0 - q) ** kept))
-            nsr = sigma * clip_norm / spent
+            cohort = float(np.sum(1.0 - (1.0 - q) ** kept)) / bands
+            nsr = sigma * factor * clip_norm / spent
         else:
-            cohort = q * num
-            nsr = sigma * clip_norm / cohort
+            cohort = q * num / bands
+            nsr = sigma * factor * clip_norm / cohort
         cos = None if pilot is None else pilot_cosine(pilot, mode, int(k))
         return Candidate(mode, qt, int(k), q, spent, cohort, float(sigma), float(eps), float(nsr),
                          s_k / total, spent >= B * (1 - 1e-9), cos)
@@ -209,7 +233,7 @@ def make_plan(counts: Sequence[int] | np.ndarray, examples_per_step: float, step
         best_uls = max((c for c in met if c.noise_to_signal <= floor * (1 + ULS_SLACK)), key=lambda c: c.k)
     qs = {f"p{int(round(100 * p))}": float(np.quantile(n, p)) for p in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)}
     return Plan(float(epsilon), float(delta), B, int(steps), float(clip_norm), num, total, qs, els, uls,
-                best_els, best_uls, None if seq_len is None else int(seq_len))
+                best_els, best_uls, None if seq_len is None else int(seq_len), int(bands), float(factor))
 
 
 def pilot_cosine(pilot, mode: str, k: int) -> float:
@@ -231,6 +255,8 @@ def format_plan(plan: Plan) -> str:
              f"budget {plan.examples_per_step:g} examples/step x {plan.steps} steps; target epsilon "
              f"{plan.target_epsilon:g}, delta {plan.delta:g}, clip norm {plan.clip_norm:g}",
              f"{plan.k_caps}; examples and examples/step count these rows",
+             *([f"banded noise: b={plan.bands} cyclic groups (q is within a group), NSR x {plan.noise_factor:.3f} "
+                f"(the strategy's prefix-sum RMSE over independent noise's at equal sigma)"] if plan.bands > 1 else []),
              f"{'':1} {'mode':4} {'quant':>5} {'k':>5} {'q':>9} {'cohort':>8} {'ex/step':>8} {'sigma':>8} "
              f"{'epsilon':>8} {'NSR':>9} {'kept':>5}" + (f" {'cosine':>7} {'NSR/cos':>9}" if pilot_used(plan) else "")]
     for best, rows in ((plan.best_els, plan.els), (plan.best_uls, plan.uls)):
@@ -245,6 +271,7 @@ def format_plan(plan: Plan) -> str:
     for name, c in (("ELS", plan.best_els), ("ULS", plan.best_uls)):
         if c is not None:
             lines.append(f"recommended {name}: privacy.max-examples-per-user={c.k} "
+                         + (f"privacy.mechanism=bandmf privacy.bands={plan.bands} " if plan.bands > 1 else "") +
                          f"privacy.sampling-rate={c.sampling_rate:.6g} privacy.noise-multiplier={c.noise_multiplier:.6g}"
                          f"  (NSR {c.noise_to_signal:.3g}" + (f", per unit of signal {c.score:.3g})" if c.record_cosine
                                                             else ")"))
