@@ -10,17 +10,18 @@ The design and its tests are fixed in PREREGISTERED.md (committed before the fir
   users and the same 1,289 training users for every seed; the seed moves the model's adapters, the sampling and
   the noise). **Start** from `warm_base.pt` (`warm_start.py`: the tiny LM's base trained on the poems, text no
   user holds).
-* **Compute** B = 32 expected examples per step; T ∈ {25, 100, 400, 1600} steps on the same users
-  (epochs q·T move with T only). ε ∈ {1, 8} at δ = 1e-6, σ calibrated per run.
-* **Tuning** per mode, ε and T ∈ {25, 100, 400} on a separate split (`data.split-seed` 1: other held-out
-  users), two tuning seeds at T ≤ 100 and one at T = 400 (mean loss): server lr (Adam) at cap 4, C 0.5, over
-  (0.003, 0.01, 0.03), stepping past an edge while it improves; then the cap (k for ELS, G for ULS) over
-  (1, 4, 16), and 64 when 16 wins; then C over (0.1, 0.5, 2), stepping past an edge while it improves.
-  T = 1600 uses T = 400's choices (a cut for CPU time).
-* **Reporting** seeds 0-5, ELS − ULS paired by seed. σ = 0 reference per T and mode at T = 400's choices.
+* **Compute** B = 32 expected examples per step; T ∈ {25, 100, 400} steps on the same users (epochs q·T move
+  with T only). ε ∈ {1, 8} at δ = 1e-6, σ calibrated per run.
+* **Tuning** per mode and ε at T = 25 and T = 400 on a separate split (`data.split-seed` 1: other held-out
+  users), tuning seed 100: server lr (Adam) at cap 4, C 0.5, over (0.001, 0.003, 0.01), stepping past an
+  edge (×3 / ÷3) while it improves; then the cap (k for ELS, G for ULS) over (1, 4, 16), and 64 when 16 wins;
+  then C over (0.1, 0.5), stepping past an edge (×4 / ÷4) while it improves. T = 100 uses T = 400's choices.
+* **Reporting** seeds 0-5, ELS − ULS paired by seed. σ = 0 reference per T and mode (seed 0).
 * **Diversity contrast**: a synthetic population of 2,000 users (random start: the synthetic vocabulary is the
-  study's own), independent examples (example-similarity 0) vs near-copies (0.95), T ∈ {25, 400}, ε = 8;
-  tuned per mode, cell and T on the cap only (1, 4, 16) at lr 0.01, C 0.5, one tuning seed (a cut).
+  study's own), independent examples (example-similarity 0) vs near-copies (0.95), T ∈ {25, 100}, ε = 8;
+  tuned per mode, cell and T on the cap only (1, 4, 16) at lr 0.01, C 0.5, tuning seed 100.
+* **Few users** (the advisor's ELS cell): 24 synthetic users with about 300 independent examples each, T = 25,
+  ε = 8, cap tuned over (4, 16, 64) at lr 0.01, C 0.5.
 
 Every finished simulation is one keyed line in results.jsonl: an interrupted study resumes where it stopped.
 """
@@ -42,23 +43,28 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.jsonl"
 WARM = HERE / "warm_base.pt"
 B, DELTA = 32, 1e-6
-STEPS = (25, 100, 400, 1600)
-TUNED_AT = {25: 25, 100: 100, 400: 400, 1600: 400}
+STEPS = (25, 100, 400)
+TUNED_AT = {25: 25, 100: 400, 400: 400}
 EPSILONS = (1.0, 8.0)
 REPORT_SEEDS = (0, 1, 2, 3, 4, 5)
-TUNE_SEEDS = {25: (100, 101), 100: (100, 101), 400: (100,)}
-LRS, CAPS, CLIPS = (0.003, 0.01, 0.03), (1, 4, 16), (0.1, 0.5, 2.0)
-LR0, CAP0, CLIP0 = 0.01, 4, 0.5
+TUNE_SEEDS = {25: (100,), 400: (100,)}
+LRS, CAPS, CLIPS = (0.001, 0.003, 0.01), (1, 4, 16), (0.1, 0.5)
+LR0, CAP0, CLIP0 = 0.003, 4, 0.5
 DIVERSITY = {"independent": 0.0, "near-copies": 0.95}
-DIVERSITY_STEPS, DIVERSITY_USERS, DIVERSITY_EPS = (25, 400), 2000, 8.0
+DIVERSITY_STEPS, DIVERSITY_USERS, DIVERSITY_EPS = (25, 100), 2000, 8.0
+DIVERSITY_LR = 0.01
+FEW_USERS = {"data.num-users": 24, "data.examples-per-user-median": 300.0, "data.examples-per-user-sigma": 0.3}
+FEW_CAPS, FEW_STEPS = (4, 16, 64), 25
 
 
-def base_config(corpus: str, seed: int, split: int) -> dict:
+def base_config(corpus: str, seed: int, split: int = 0) -> dict:
     cfg = {"seed": seed, "privacy.delta": DELTA, "privacy.secure-mode": False, "data.heldout-users": 64,
            "train.eval-examples": 4096}
     if corpus == "shakespeare":
         cfg.update({"data.source": "shakespeare", "data.num-users": 1289, "data.split-seed": split,
                     "model.init-weights": str(WARM)})
+    elif corpus == "few-users":
+        cfg.update({**FEW_USERS, "data.heldout-users": 8})
     else:
         cfg.update({"data.num-users": DIVERSITY_USERS, "data.example-similarity": DIVERSITY[corpus]})
     return cfg
@@ -189,7 +195,7 @@ def tune(study: Study, cells: list[tuple], seeds_of, lrs=LRS, caps=CAPS, clips=C
 
 
 def shakespeare(study: Study, stage: str) -> None:
-    cells = [("shakespeare", m, e, t) for t in (25, 100, 400) for e in EPSILONS for m in ("uls", "els")]
+    cells = [("shakespeare", m, e, t) for t in sorted(set(TUNED_AT.values())) for e in EPSILONS for m in ("uls", "els")]
     chosen = tune(study, cells, lambda c: TUNE_SEEDS[c[3]])
     for c, p in chosen.items():
         print("tuned", c, p, flush=True)
@@ -212,22 +218,32 @@ def shakespeare(study: Study, stage: str) -> None:
         study.run(batch)
 
 
-def diversity(study: Study) -> None:
-    cells = [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")]
-    loss = study.run({tune_key(*c, LR0, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, LR0, cap, CLIP0)
-                      for c in cells for cap in CAPS})
-    chosen = {c: min(CAPS, key=lambda cap: loss[tune_key(*c, LR0, cap, CLIP0, 100)]) for c in cells}
+def capped(study: Study, cells: list[tuple], caps: tuple, lr: float) -> None:
+    """Cells tuned on the cap only (at `lr`, C = CLIP0, tuning seed 100), then the reporting seeds."""
+    loss = study.run({tune_key(*c, lr, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, lr, cap, CLIP0)
+                      for c in cells for cap in caps})
+    chosen = {c: min(caps, key=lambda cap: loss[tune_key(*c, lr, cap, CLIP0, 100)]) for c in cells}
     for c in cells:
         print("tuned", c, chosen[c], flush=True)
     for seed in REPORT_SEEDS:
         study.run({f"report|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|seed{seed}": run_config(
-            c[0], c[1], c[2], c[3], seed, LR0, chosen[c], CLIP0) for c in cells})
+            c[0], c[1], c[2], c[3], seed, lr, chosen[c], CLIP0) for c in cells})
+
+
+def diversity(study: Study) -> None:
+    capped(study, [(d, m, DIVERSITY_EPS, t) for d in DIVERSITY for t in DIVERSITY_STEPS for m in ("uls", "els")],
+           CAPS, DIVERSITY_LR)
+
+
+def few_users(study: Study) -> None:
+    """The advisor's ELS cell: 24 users with about 300 independent examples each, T = 25, ε = 8."""
+    capped(study, [("few-users", m, 8.0, FEW_STEPS) for m in ("uls", "els")], FEW_CAPS, DIVERSITY_LR)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--stage", default="all", choices=("tune", "report", "diversity", "all"))
+    ap.add_argument("--stage", default="all", choices=("tune", "report", "diversity", "few-users", "all"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     study = Study(args.jobs, args.out)
@@ -235,6 +251,8 @@ def main() -> int:
         shakespeare(study, args.stage)
     if args.stage in ("diversity", "all"):
         diversity(study)
+    if args.stage in ("few-users", "all"):
+        few_users(study)
     return 0
 
 
