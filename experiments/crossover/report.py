@@ -9,7 +9,14 @@ in experiments/README.md with results.md. Per cell: each mode's tuning choice (r
 tuning runs with run.py's own search, so the lr and cap edges it checked are listed), held-out loss
 over the reporting seeds, ELS − ULS paired by seed with a two-sided paired t-test (n − 1 degrees of
 freedom), the advisor's prediction (written before the cell's runs) and whether it matched. A cell
-is decided when p < 0.05; the hit rate counts decided cells only.
+is decided when p < 0.05; the hit rate counts decided cells only, and only where the prediction names a
+mode (`call`: not where both modes' best options are cap 1, nor a margin within rounding of 1).
+
+A cell's compute in epochs is computed from its own runs (each run's logged sampling rate, cap, steps
+and users), never from a study-wide constant: the SmolLM2 cells ran at B = 16, the others at B = 64.
+The starting point of each population (the held-out loss of the initial weights, step 0, evaluated by
+the same worker code and held-out rows as the runs) is measured once per population and reporting seed
+and cached in start_loss.json, as the advisor's curve is in advisor_curve.json.
 """
 from __future__ import annotations
 
@@ -27,6 +34,27 @@ from run import REPORT_SEEDS, cell_name, cells, load  # noqa: E402
 
 README = HERE.parent / "README.md"
 ALPHA = 0.05
+ROUNDING = 1e-6   # |margin − 1| below this: the two scores are equal up to floating-point rounding
+
+
+def call(pred: dict | None) -> str | None:
+    """The mode a prediction names, or None where it names none: no prediction; both modes' best options at
+    cap 1 (ELS k = 1 and ULS G = 1: one example per sampled user, nearly one algorithm, equal scores up to
+    the accountants' σ); or a margin within ROUNDING of 1. A None is "no call", never a hit or a miss."""
+    if pred is None or (pred["els"]["cap"] == 1 and pred["uls"]["cap"] == 1) or abs(pred["margin"] - 1) <= ROUNDING:
+        return None
+    return pred["winner"]
+
+
+def budget(row: dict, counts: np.ndarray) -> float:
+    """A run's expected examples per step, from its own log: its sampling rate × Σ min(n_u, its cap) over
+    its training users (run.py sets q = B / Σ min(n_u, cap), so this is the run's B unless q was cut to 1)."""
+    return float(row["q"]) * float(np.minimum(counts, int(row["config"]["privacy.max-examples-per-user"])).sum())
+
+
+def epochs_at_cap(row: dict, counts: np.ndarray, cap: int = 4) -> float:
+    """B·T / Σ min(n_u, cap) with the run's own B (`budget`) and T (its train.rounds)."""
+    return budget(row, counts) * int(row["config"]["train.rounds"]) / float(np.minimum(counts, cap).sum())
 
 
 def replay(done: dict, cell: dict, mode: str):
@@ -62,11 +90,13 @@ def edges(choice, tried) -> str:
 
 def analyse(done: dict, predicted: dict, cell: dict) -> dict | None:
     out = {"cell": cell, "name": cell_name(cell)}
+    first: dict[str, dict] = {}
     for mode in ("uls", "els"):
         tuned, rows = replay(done, cell, mode), seeds(done, cell, mode)
         if tuned is None or rows is None:
             return None
         choice, tried = tuned
+        first[mode] = rows[0]
         out[mode] = {"cap": choice[0], "lr": choice[1], "edges": edges(choice, tried),
                      "loss": np.array([r["eval_loss"] for r in rows]), "sigma": rows[0]["sigma"],
                      "epochs": rows[0]["epochs"], "q": rows[0]["q"],
@@ -80,8 +110,13 @@ def analyse(done: dict, predicted: dict, cell: dict) -> dict | None:
                outcome=("tie" if p >= ALPHA else ("uls" if m > 0 else "els")))
     pred = predicted.get(f"predict|{cell_name(cell)}")
     out["pred"] = pred
-    counts = run.counts_of(cell, REPORT_SEEDS[0])
-    out["epochs4"] = run.B * run.steps_of(cell) / float(np.minimum(counts, 4).sum())
+    seed = int(first["uls"]["config"]["seed"])           # both modes' first reporting run: the same seed
+    counts = run.counts_of(cell, seed)
+    budgets = {mode: budget(row, counts) for mode, row in first.items()}
+    if not math.isclose(budgets["uls"], budgets["els"], rel_tol=1e-6) and max(r["q"] for r in first.values()) < 1:
+        raise ValueError(f"{out['name']}: the modes' logged budgets differ ({budgets}); the epochs are not one number")
+    out["budget"], out["steps"] = budgets["uls"], int(first["uls"]["config"]["train.rounds"])
+    out["epochs4"] = epochs_at_cap(first["uls"], counts, 4)
     return out
 
 
@@ -105,7 +140,9 @@ def main_table(rows: list[dict]) -> str:
     for r in rows:
         u, e, pr = r["uls"], r["els"], r["pred"]
         share = pr["pilot"]["within_user_share"] if pr else None
-        guess = "—" if pr is None else f"{pr['winner'].upper()}{' (close)' if pr['close'] else ''} {pr['margin']:.2f}"
+        guess = "—" if pr is None else (
+            f"{pr['winner'].upper()}{' (close)' if pr['close'] else ''} {pr['margin']:.2f}" if call(pr) else
+            f"no call (k {pr['els']['cap']} / G {pr['uls']['cap']}, {pr['margin']:.2f})")
         lines.append(
             f"| {label(r['cell'])} | {r['cell']['eps']:g} | {share:.2f} | {r['epochs4']:.3g} | {fmt(u['loss'])} | "
             f"{u['cap']}, {u['lr']:g} | {fmt(e['loss'])} | {e['cap']}, {e['lr']:g} | {u['epochs']:.3g} / {e['epochs']:.3g} | "
@@ -115,9 +152,9 @@ def main_table(rows: list[dict]) -> str:
 
 
 def hit_mark(r: dict) -> str:
-    if r["pred"] is None or r["outcome"] == "tie":
+    if call(r["pred"]) is None or r["outcome"] == "tie":
         return "—"
-    return "✓" if r["pred"]["winner"] == r["outcome"] else "✗"
+    return "✓" if call(r["pred"]) == r["outcome"] else "✗"
 
 
 def edges_table(rows: list[dict]) -> str:
@@ -153,34 +190,85 @@ def pilot_table(predicted: dict) -> str:
     return "\n".join(lines)
 
 
-def references(done: dict) -> str:
+START = HERE / "start_loss.json"
+
+
+def population_name(cell: dict) -> str:
+    """The name of a cell's population in the σ = 0 reference keys (reference|<name>|<mode>)."""
+    return "shakespeare" if cell["sim"] == "shakespeare" else f"N{cell['N']}-{cell['sim']}"
+
+
+def starting_loss(cell: dict, seed: int) -> float:
+    """The held-out loss of the initial weights (step 0) of the cell's runs at `seed`: the worker's own
+    evaluation, on the same corpus, held-out rows and model initialisation as run.py's runs."""
+    from fl_userdp.clients.compute import Worker
+    from fl_userdp.config import parse_config
+    from fl_userdp.local.model import build_model, get_trainable
+
+    cfg = parse_config(run.run_config(cell, "uls", 4, 0.02, seed))
+    return float(Worker(cfg).evaluate(cfg, get_trainable(build_model(cfg.model, cfg.seed))))
+
+
+def starting_losses(populations: dict[str, dict]) -> dict[str, dict[int, float]]:
+    """{population: {seed: step-0 held-out loss}} over the reporting seeds (cached in start_loss.json: a pure
+    function of the configuration)."""
+    import json
+
+    cache = json.loads(START.read_text()) if START.exists() else {}
+    out: dict[str, dict[int, float]] = {}
+    for name, cell in sorted(populations.items()):
+        for seed in REPORT_SEEDS:
+            key = f"{name}|seed{seed}"
+            if key not in cache:
+                cache[key] = starting_loss(cell, seed)
+                START.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            out.setdefault(name, {})[seed] = cache[key]
+    return out
+
+
+def references(done: dict, start: dict[str, dict[int, float]]) -> str:
     keys = sorted({k.split("|")[1] for k in done if k.startswith("reference|")})
-    lines = ["| population | ULS loss (σ = 0) | ELS loss (σ = 0) |", "|---|---|---|"]
+    lines = ["| population | start (step 0), seed 0 | start, seeds 0–4 | ULS loss (σ = 0) | ELS loss (σ = 0) |",
+             "|---|---|---|---|---|"]
     for name in keys:
         u, e = done.get(f"reference|{name}|uls"), done.get(f"reference|{name}|els")
-        lines.append(f"| {name} | {u['eval_loss']:.4f} | {e['eval_loss']:.4f} |" if u and e else f"| {name} | … | … |")
+        s0 = start.get(name, {})
+        first = f"{s0[REPORT_SEEDS[0]]:.4f}" if REPORT_SEEDS[0] in s0 else "—"
+        every = fmt(np.array([s0[s] for s in REPORT_SEEDS])) if len(s0) == len(REPORT_SEEDS) else "—"
+        lines.append(f"| {name} | {first} | {every} | {u['eval_loss']:.4f} | {e['eval_loss']:.4f} |" if u and e
+                     else f"| {name} | {first} | {every} | … | … |")
     return "\n".join(lines)
 
 
 def hit_rate(rows: list[dict]) -> tuple[str, list[str]]:
-    decided = [r for r in rows if r["outcome"] != "tie" and r["pred"] is not None]
-    hits = [r for r in decided if r["pred"]["winner"] == r["outcome"]]
+    """The advisor's hits on decided cells where it named a mode (`call`); cells where it named none are
+    counted apart, never as hits."""
+    decided = [r for r in rows if r["outcome"] != "tie" and call(r["pred"]) is not None]
+    hits = [r for r in decided if call(r["pred"]) == r["outcome"]]
     sure = [r for r in decided if not r["pred"]["close"]]
-    sure_hits = [r for r in sure if r["pred"]["winner"] == r["outcome"]]
+    sure_hits = [r for r in sure if call(r["pred"]) == r["outcome"]]
+    uncalled = [r for r in rows if r["pred"] is not None and call(r["pred"]) is None]
+    uncalled_decided = [r for r in uncalled if r["outcome"] != "tie"]
     misses = [f"{r['name']}: predicted {r['pred']['winner'].upper()} (SNR ratio {r['pred']['margin']:.3f}"
               f"{', close' if r['pred']['close'] else ''}), measured {r['outcome'].upper()} "
               f"({r['diff']:+.4f} ± {r['se']:.4f}, p {r['p']:.3f})" for r in decided if r not in hits]
     ties = sum(r["outcome"] == "tie" for r in rows)
-    calls = [r for r in rows if r["pred"] is not None and not r["pred"]["close"]]
-    signs = sum((r["diff"] > 0) == (r["pred"]["winner"] == "uls") for r in calls)
-    close = [r for r in rows if r["pred"] is not None and r["pred"]["close"]]
-    text = (f"Advisor: **{len(hits)} of {len(decided)}** decided cells predicted right"
+    calls = [r for r in rows if call(r["pred"]) is not None and not r["pred"]["close"]]
+    signs = sum((r["diff"] > 0) == (call(r["pred"]) == "uls") for r in calls)
+    close = [r for r in rows if call(r["pred"]) is not None and r["pred"]["close"]]
+
+    def spread(sel: list[dict]) -> str:
+        return (f"{np.median([abs(r['diff']) for r in sel]):.3f} nats at the median, at most "
+                f"{max(abs(r['diff']) for r in sel):.3f}" if sel else "—")
+    text = (f"Advisor: **{len(hits)} of {len(decided)}** decided cells where it named a mode predicted right"
             f" ({len(sure_hits)} of {len(sure)} where it did not call the cell close); {ties} of {len(rows)} cells "
-            f"undecided (p ≥ {ALPHA}). Where it made a call (not close), the measured difference has the predicted "
-            f"sign in **{signs} of {len(calls)}** cells, decided or not; where it said *too close to call* "
-            f"({len(close)} cells) the measured |ELS − ULS| is "
-            + (f"{np.median([abs(r['diff']) for r in close]):.3f} nats at the median, at most "
-               f"{max(abs(r['diff']) for r in close):.3f}." if close else "—."))
+            f"undecided (p ≥ {ALPHA}). **No call** in {len(uncalled)} cells ({len(uncalled_decided)} of them decided, "
+            f"not counted): both modes' best options at cap 1 (one example per sampled user: nearly one algorithm) "
+            f"or an SNR ratio within {ROUNDING:g} of 1 (the named mode is floating-point rounding). Where it made a "
+            f"call (not close), the measured difference has "
+            f"the predicted sign in **{signs} of {len(calls)}** cells, decided or not; where it called the cell "
+            f"*too close* ({len(close)} cells) the measured |ELS − ULS| is {spread(close)}; where it made no call, "
+            f"{spread(uncalled)}.")
     return text, misses
 
 
@@ -290,7 +378,8 @@ def figure(rows: list[dict], curve: dict, path: Path) -> None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_ylabel("held-out loss ELS − ULS\n(> 0: ULS better)")
-    ax.set_title("ELS vs ULS, tiny LM + LoRA, B = 64, T = 100, each mode tuned", fontsize=10)
+    plotted = [r for r in rows if r["cell"]["sim"] == "independent"]
+    ax.set_title(f"ELS vs ULS, tiny LM + LoRA, {setting(plotted)}, each mode tuned", fontsize=10)
     ax.legend(fontsize=7)
     ax2.axhline(1, color="black", lw=0.8)
     ax2.axhspan(1 / CLOSE, CLOSE, color="grey", alpha=0.15, label="too close to call")
@@ -303,10 +392,18 @@ def figure(rows: list[dict], curve: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def setting(rows: list[dict]) -> str:
+    """"B = …, T = …" of these cells, from their runs (every distinct value)."""
+    bs = sorted({round(r["budget"], 6) for r in rows})
+    ts = sorted({r["steps"] for r in rows})
+    return f"B = {' / '.join(f'{b:g}' for b in bs)}, T = {' / '.join(map(str, ts))}"
+
+
 def main() -> int:
     done, predicted = load(run.RESULTS), load(run.PREDICTIONS)
     rows = [r for r in (analyse(done, predicted, c) for c in cells("main,diversity,shakespeare,smollm2"))
             if r is not None]
+    populations = {population_name(c): c for c in cells("main,diversity,shakespeare")}
     main_rows = [r for r in rows if r["cell"]["sim"] == "independent"]
     div_rows = [r for r in rows if r["cell"]["sim"] in ("mixed", "near-copies")]
     div_rows += [r for r in main_rows if r["cell"]["eps"] == 4.0 and r["cell"]["N"] in (2_000, 150)]
@@ -324,8 +421,9 @@ def main() -> int:
         parts += ["", "**Within-user similarity** (`data.example-similarity` 0 / 0.8 / 0.95; ε = 4):", "",
                   main_table(div_rows)]
     if real:
-        parts += ["", "**Real users** (Shakespeare: byte-level tiny LM, B = 64, T = 300; SmolLM2-135M + LoRA, B = 16, "
-                  "T = 20, lr fixed at 0.02, caps 1 / 8, seeds 0–1 (df = 1)):", "", main_table(real)]
+        shakes, smol = ([r for r in real if r["cell"]["sim"] == s] for s in ("shakespeare", "smollm2"))
+        parts += ["", f"**Real users** (Shakespeare: byte-level tiny LM, {setting(shakes)}; SmolLM2-135M + LoRA, "
+                  f"{setting(smol)}, lr fixed at 0.02, caps 1 / 8, seeds 0–1 (df = 1)):", "", main_table(real)]
     synth = [r for r in rows if r["cell"]["sim"] in ("independent", "mixed", "near-copies")]
     parts += ["", sign_tests(synth), "", rate, ""]
     parts += [f"- miss: {m}" for m in misses] or ["- no misses"]
@@ -337,7 +435,10 @@ def main() -> int:
               "mean over G examples; a(G) = c_U(G) / c_E(G), the averaging gain):", "", pilot_table(predicted),
               "", "Tuning choices (the lrs run at the chosen cap and the caps run at the chosen lr; every other point did "
               "worse on the tuning seed), and the smallest clipped fraction of any round of the reporting runs:", "", edges_table(rows),
-              "", "No noise (σ = 0, cap 4, lr 0.02, seed 0, T = 100):", "", references(done),
+              "", "Where training starts and where it gets without noise: *start* = the held-out loss of the "
+              "initial weights (step 0, the runs' own evaluation and held-out rows; seed 0, and mean ± sd over the "
+              "reporting seeds, whose held-out users and initialisation differ); σ = 0 = a run without noise (cap 4, "
+              f"lr 0.02, seed 0, the cell's T):", "", references(done, starting_losses(populations)),
               "", "![ELS − ULS against epochs](crossover/elsvsuls.png)"]
     text = "\n".join(parts) + "\n"
     (HERE / "results.md").write_text(text)

@@ -21,10 +21,10 @@ Design (one cell = a population N, an ε, a corpus):
 * **Prediction first.** Before a cell's first run, the advisor (`fl_userdp.study.advisor`, pilot cosines
   measured on the tuning seed's model and users) writes its prediction for the cell to
   predictions.jsonl with a timestamp; nothing it uses comes from the runs.
-* **σ = 0 reference** per population (T = 100, cap 4, lr 0.02, seed 0) for each mode.
+* **σ = 0 reference** per population (the cell's T, cap 4, lr 0.02, seed 0) for each mode.
 * **SmolLM2-135M + LoRA** (`--cells smollm2`, after `fl-userdp assets --export-hf`): the two decisive
-  cells at ε = 1 — all 1,289 Shakespeare users and 32 of them (0.31 and 11 epochs at a cap of 4 for seed
-  0's users; the held-out users, and so the training users' rows, change with the seed),
+  cells at ε = 1 — all 1,289 Shakespeare users and 32 of them (0.078 and 2.9 epochs at a cap of 4 for
+  seed 0's users, at B = 16; the held-out users, and so the training users' rows, change with the seed),
   16 held out, LoRA r = 4 on q_proj, v_proj, B = 16, T = 20; cut to fit a CPU: the server lr is fixed at
   0.02 (the earlier SmolLM2 tuning's usual choice), each mode tunes only its cap over (1, 8), two reporting
   seeds, pilot on 32 users.
@@ -71,7 +71,7 @@ SIMILARITY = {"independent": 0.0, "mixed": 0.8, "near-copies": 0.95}
 SMOLLM2 = {"model.name": str(Path.home() / ".cache/fl-userdp/smollm2-hf"), "model.lora-rank": 4,
            "model.lora-targets": "q_proj,v_proj", "model.seq-len": 32}
 SMOLLM2_BUDGET, SMOLLM2_STEPS = 16, 20
-SMOLLM2_USERS = (1289, 32)   # the two decisive cells: few and many epochs (0.31 and 11 at cap 4 for seed 0's users)
+SMOLLM2_USERS = (1289, 32)   # the two decisive cells: few and many epochs (0.078, 2.9 at cap 4, B = 16, seed 0)
 SMOLLM2_CAPS, SMOLLM2_LR, SMOLLM2_SEEDS = (1, 8), 0.02, (0, 1)
 SHAKESPEARE_USERS = 1289   # every (play, character) with text but the 64 held out
 SHAKESPEARE_STEPS = 300    # B·T = 19,200 rows: about 4 epochs of the kept rows at a cap of 4
