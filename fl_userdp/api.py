@@ -9,7 +9,9 @@ dotted keys, or nested sections as a TOML file holds them, e.g.
 `{"privacy": {"mode": "els"}}` — or a `RunConfig`) and runs the same code (`fl_userdp.server.runner.run_mode` over the
 Flower simulation engine on Ray, or over the in-process transport). With
 `out` it writes the usual files there (release logs, metrics.jsonl,
-checkpoints, summary, plot) and can `resume`; without it the run's files live
+checkpoints, summary, plot) and can `resume`; the folder is held for the run's
+life (`fl_userdp.records.folder_lock`: a second run into it, in this process or
+another, is refused naming the first); without it the run's files live
 in a temporary folder that is removed afterwards (the release log still
 guards the run while it runs), and only the returned object remains (its
 `config.out` is then None).
@@ -189,14 +191,17 @@ def run_simulation(config: RunConfig | Mapping[str, Any] | None, modes: str | Se
     modes = as_modes(modes, cfg)
     if resume and out is None:
         raise ConfigError("out", None, "is required to resume (the run's release logs are there)")
-    from fl_userdp.server.runner import check_fresh, check_resume, prepare
+    from fl_userdp.server.runner import check_fresh, check_resume, prepare, run_id_for
 
-    tmp = None
+    from .records.folder_lock import hold
+
+    tmp = lock = None
     if out is None:
         tmp = Path(tempfile.mkdtemp(prefix="fl-userdp-"))
         out = tmp / "run"
     cfg = replace(cfg, out=str(out))
     try:
+        lock = hold(out, run_id_for(out, resume))  # one run per folder, for the run's life
         if resume:
             check_resume(cfg, out, modes)
         else:
@@ -211,11 +216,14 @@ def run_simulation(config: RunConfig | Mapping[str, Any] | None, modes: str | Se
                                  on_record=on_record, on_mode=on_mode, on_restart=on_restart)
         runs = {res.mode: _mode_run(res) for res in results}
         joint = joint_epsilon(results, cfg.privacy.delta) if len(results) > 1 else None
-        extra = {**dict(summary_extra or {}), **({"epsilon_all_modes": joint} if joint is not None else {})}
+        extra = {**dict(summary_extra or {}), **({"epsilon_all_modes": joint} if joint is not None else {}),
+                 "run_id": lock.run_id}
         summary = None if tmp else _write_outputs(cfg, runs, setup, extra)
         kept = replace(cfg, out=None) if tmp else cfg  # the temporary folder is gone: no out to point at
         return SimulationResult(kept, runs, None if tmp else Path(out), summary, joint)
     finally:
+        if lock is not None:
+            lock.release()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

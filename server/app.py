@@ -194,7 +194,8 @@ def main(grid: Grid, context: Context) -> None:
     results = serve(grid, cfg, [cfg.privacy.mode])
     records = [r for res in results for r in res.records]
     report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
-                                                                               if r.stop_reason]},
+                                                                               if r.stop_reason],
+                                                             "run_id": results[0].run_id},
                                                    cfg.privacy.publish_diagnostics, secure_mode(cfg)))
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "

@@ -12,6 +12,12 @@ log's updates up to a checkpoint are then compacted away).
 Resume = the checkpoint (a speed-up) + replay of the logged releases after
 it; the ledger must agree with the log. A round is never recomputed once
 released, and a fresh start never overwrites a log that holds releases.
+Every check of a resume reads only; the one repair (cutting a torn last log
+entry) is its last step, so a refused resume leaves every file as it was.
+
+One run per folder: a run holds `out` for its life (`fl_userdp.records.folder_lock`) under its run id,
+which its modes' logs, checkpoints and metrics records (and the summary) all carry; a resume refuses a
+folder whose files name different runs.
 """
 from __future__ import annotations
 
@@ -21,13 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fl_userdp.records import report
+from fl_userdp.records import folder_lock, report
 from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.mechanism.adaptive_clip import default_count_noise, sum_noise_multiplier
 from fl_userdp.config import RunConfig, is_task_spec
 from fl_userdp.errors import ConfigError
-from fl_userdp.records.release_log import LogContents, ReleaseLog, log_path, read_log
+from fl_userdp.records.release_log import LogContents, ReleaseLog, log_path, new_run_id, read_log, refuse_damage
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .noise_record import NoiseRecord
@@ -109,6 +115,7 @@ class ModeResult:
     resumed_from: int = 0
     strategy: UserDPStrategy | None = None
     failed: bool = False  # stopped by the failure policy (sim.max-failed-fraction / -rounds)
+    run_id: str | None = None
 
 
 def _log_of(out: Path, mode: str) -> ReleaseLog:
@@ -120,33 +127,92 @@ def logged_sigma(out: str | Path, mode: str) -> float | None:
     run = read_log(log_path(out, mode)).run
     return float(run["noise_multiplier"]) if run else None
 
+def run_ids(out: str | Path) -> dict[str, str | None]:
+    """{what: the run id it names} for each file in `out` that belongs to a run: the release logs, the
+    checkpoints, every metrics.jsonl record and summary.json (None: it names no run). Unreadable files are
+    left out (the resume's own checks refuse them)."""
+    out, named = Path(out), {}
+    for mode in MODES:
+        run = read_log(log_path(out, mode)).run
+        if run is not None:
+            named[log_path(out, mode).name] = run.get("run_id")
+    for mode in MODES:
+        if checkpoint_path(out, mode).exists():
+            try:
+                named[checkpoint_path(out, mode).name] = load_checkpoint(checkpoint_path(out, mode))[0].get("run_id")
+            except ConfigError:
+                pass
+    for rec in report.read_records(out / report.METRICS):
+        named[f"{report.METRICS} ({rec.get('mode')} round {rec.get('round')})"] = rec.get("run_id")
+    if (out / "summary.json").exists() and _summary(out):
+        named["summary.json"] = _summary(out).get("run_id")
+    return named
+
+
+def _summary(out: Path) -> dict[str, Any]:
+    """summary.json in `out` ({} when there is none or it cannot be read)."""
+    import json
+
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def check_one_run(out: str | Path) -> None:
+    """ConfigError (one line) when the files in `out` name different runs (or one names none)."""
+    named = list(run_ids(out).items())
+    for what, rid in named[1:]:
+        if rid != named[0][1]:
+            raise ConfigError("--resume", str(out), f"mixes runs: {what} belongs to another run than "
+                              f"{named[0][0]} ({_named(rid)} vs {_named(named[0][1])}); refusing to resume")
+
+
+def _named(run_id: str | None) -> str:
+    return f"run id {run_id}" if run_id else "no run id"
+
+
+def folder_run_id(out: str | Path) -> str | None:
+    """The run id the release logs in `out` name (the first mode's that has one; None: no log)."""
+    return next((rid for mode in MODES if (rid := (read_log(log_path(out, mode)).run or {}).get("run_id"))), None)
+
+
+def run_id_for(out: str | Path, resume: bool) -> str:
+    """The id a run into `out` runs under: the logged run's when resuming one, else a new one."""
+    return (folder_run_id(out) if resume else None) or new_run_id()
+
 
 def check_resume(cfg: RunConfig, out: str | Path, modes: list[str], every_mode: bool = True) -> None:
     """Before anything starts: every release log and checkpoint `--resume` would load must be trustworthy.
 
-    Raises ConfigError (one line) for a log or checkpoint written for another config, a checkpoint without
-    a ledger or whose ledger does not match its round, a checkpoint without its release log, or rounds in
-    metrics.jsonl without either (a fresh start would reset the privacy budget).
+    Raises ConfigError (one line) for a log damaged anywhere but a cut-short last entry, files of different
+    runs, a log or checkpoint written for another config, a checkpoint without a ledger or whose ledger does
+    not match its round, a checkpoint without its release log, or rounds in metrics.jsonl without either (a
+    fresh start would reset the privacy budget). Reads only.
     """
     from .strategy import check_identity, with_mode
 
     out = Path(out)
     if every_mode:  # a mode's resume inside a run that checked the folder first need not repeat this
         check_modes_held(out, modes)
+    check_one_run(out)
     for mode in modes:
         mcfg, ckpt, path = with_mode(cfg, mode), checkpoint_path(out, mode), log_path(out, mode)
         contents = read_log(path)
-        if contents.corrupt:
-            raise ConfigError("--resume", str(path), f"is damaged after {len(contents.releases)} releases (an "
-                              "entry with data after it fails its checksum); refusing to resume")
+        refuse_damage(path, contents)
         if path.exists() and contents.run is None:
             raise ConfigError("--resume", str(path), "is not a readable release log; refusing to resume")
-        published = [int(r.get("round", 0)) for r in report.read_records(out / report.METRICS)
+        published = [(int(r.get("round", 0)), report.METRICS) for r in report.read_records(out / report.METRICS)
                      if r.get("mode") == mode]
-        if contents.run is not None and published and max(published) > contents.last_round:
+        rows = _summary(out).get("modes")
+        row = rows.get(mode) if isinstance(rows, dict) else None
+        if isinstance(row, dict) and isinstance(row.get("rounds"), int):  # rounds 1..n were reported
+            published.append((row["rounds"], "summary.json"))
+        if contents.run is not None and published and max(published)[0] > contents.last_round:
             raise ConfigError("--resume", str(path), f"ends at round {contents.last_round} but "
-                              f"{report.METRICS} holds {mode} round {max(published)}: releases were made that the "
-                              "log lost; refusing to resume")
+                              f"{max(published)[1]} holds {mode} round {max(published)[0]}: releases were made that "
+                              "the log lost; refusing to resume")
         if contents.run is not None:
             check_identity(contents.run, mcfg)
             sigma, asked = float(contents.run["noise_multiplier"]), mcfg.privacy.noise_multiplier
@@ -166,6 +232,9 @@ def check_resume(cfg: RunConfig, out: str | Path, modes: list[str], every_mode: 
             if meta.get("run_id") != contents.run.get("run_id"):
                 raise ConfigError("--resume", str(ckpt), "belongs to another run than its release log (their run "
                                   "ids differ); refusing to resume")
+            if int(meta.get("round", 0)) > contents.last_round:
+                raise ConfigError("--resume", str(ckpt), f"is at round {meta['round']} but the release log ends at "
+                                  f"round {contents.last_round}; refusing to resume")
             size = int(contents.run.get("size", -1))
             if np.shape(arrays.get("weights")) != (size,):
                 raise ConfigError("--resume", list(np.shape(arrays.get("weights"))),
@@ -179,14 +248,15 @@ MODES = ("uls", "els")
 
 
 def held_releases(out: str | Path) -> dict[str, str]:
-    """{mode: what of it `out` holds} for every mode with a release log with releases, a checkpoint or
-    metrics records there."""
+    """{mode: what of it `out` holds} for every mode with a release log with releases (or damaged: it may
+    hold releases nobody can read), a checkpoint or metrics records there."""
     out = Path(out)
     metrics = report.read_records(out / report.METRICS)
     held = {}
     for mode in MODES:
         contents = read_log(log_path(out, mode))
         what = (f"{len(contents.releases)} released {mode} rounds ({log_path(out, mode).name})" if contents.releases
+                else f"a damaged release log ({log_path(out, mode).name})" if contents.damage
                 else f"a {mode} checkpoint ({checkpoint_path(out, mode).name})" if checkpoint_path(out, mode).exists()
                 else f"{mode} rounds in {report.METRICS}" if any(r.get("mode") == mode for r in metrics) else None)
         if what:
@@ -259,14 +329,27 @@ def _resume(strategy: UserDPStrategy, out: Path, contents: LogContents, noise: N
 
 def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: str | Path,
              resume: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> ModeResult:
-    """All rounds of cfg.privacy.mode; with `resume`, continue the run in `out` from its release log."""
-    out, mode = Path(out), cfg.privacy.mode
-    out.mkdir(parents=True, exist_ok=True)
+    """All rounds of cfg.privacy.mode; with `resume`, continue the run in `out` from its release log.
+
+    Under the folder's lock: the one this process holds on `out` (the run's driver took it; its run id is
+    the run's), else one taken here for this mode's run."""
+    if folder_lock.held_run_id(out) is not None:
+        return _run_mode(cfg, setup, transport, evaluate, Path(out), resume, on_record)
+    with folder_lock.hold(out, run_id_for(out, resume)):
+        return _run_mode(cfg, setup, transport, evaluate, Path(out), resume, on_record)
+
+
+def _run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: Path,
+              resume: bool, on_record: Callable[[dict[str, Any]], None] | None) -> ModeResult:
+    mode, run_id = cfg.privacy.mode, folder_lock.held_run_id(out)
     publish = cfg.privacy.publish_diagnostics
     log, metrics = _log_of(out, mode), out / report.METRICS
     if resume:
         check_resume(cfg, out, [mode], every_mode=False)
     contents = log.open() if resume and log.path.exists() else None
+    if contents is not None and log.run_id != run_id:
+        raise ConfigError("--resume", str(log.path), f"belongs to another run (run id {log.run_id}) than the one "
+                          f"resumed ({run_id}); refusing to resume")
     if contents is None:
         check_fresh(out, [mode], every_mode=False)
     sigma = float(contents.run["noise_multiplier"]) if contents else setup.sigmas.get(mode)
@@ -283,10 +366,11 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         if noise is not None:
             noise.open(log.run_id)
         _resume(strategy, out, contents, noise)
+        log.drop_torn_tail(contents)  # every check passed: the resume goes on
     else:
         coeffs = {"noise_coefficients": strategy.stream.coeffs.tolist()} if strategy.stream is not None else {}
         log.start({"mode": mode, "identity": identity(cfg), "noise_multiplier": strategy.noise_multiplier,
-                   "size": int(strategy.weights.size), **coeffs})
+                   "size": int(strategy.weights.size), **coeffs}, run_id)
         if noise is not None:
             noise.start(log.run_id)
     if noise is not None:
@@ -306,6 +390,7 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         rec = strategy.run_round(transport, evaluate)
         if rec is None:  # budget stop: nothing released this round
             break
+        rec = {**rec, "run_id": log.run_id}
         report.append_record(metrics, rec, publish)
         records.append(rec)
         if on_record:
@@ -321,7 +406,7 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
         records[-1] = {**records[-1], "stop_reason": strategy.stop_reason}
         report.replace_mode_records(metrics, mode, records, publish)
     return ModeResult(mode, strategy.noise_multiplier, records, strategy.epsilon(), strategy.stop_reason,
-                      start, strategy, strategy.failure_stop)
+                      start, strategy, strategy.failure_stop, log.run_id)
 
 
 def _restore_records(metrics: Path, strategy: UserDPStrategy, contents: LogContents | None,

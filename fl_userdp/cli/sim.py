@@ -54,7 +54,17 @@ def _commit() -> str | None:
 
 
 def simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace, name: str) -> int:
-    """The CLI over `fl_userdp.simulate`: checks, a header, live progress, the side-by-side table."""
+    """The CLI over `fl_userdp.simulate`: checks, a header, live progress, the side-by-side table; --out is
+    held from before the checks to the end (fl_userdp.records.folder_lock: one run per folder)."""
+    from fl_userdp.server.runner import run_id_for
+
+    from ..records.folder_lock import hold
+
+    with hold(cfg.out, run_id_for(cfg.out, a.resume)):
+        return _simulate_and_report(cfg, modes, a, name)
+
+
+def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace, name: str) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

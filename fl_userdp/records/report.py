@@ -32,7 +32,8 @@ from typing import Any, Iterable, Sequence
 METRICS = "metrics.jsonl"
 DIAGNOSTICS = "diagnostics"
 COVERED = ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count", "eval_loss",
-           "stop_reason", "unclipped_fraction", "next_clip_norm")  # the last two: adaptive clipping's noised count
+           "stop_reason", "unclipped_fraction", "next_clip_norm",  # these two: adaptive clipping's noised count
+           "run_id")  # random (fl_userdp.records.release_log.new_run_id), names the run the record belongs to
 GUARANTEE = ("user-level (epsilon, delta)-DP, each mode at its own epsilon (epsilon_all_modes: all modes of the "
              "folder together), covers the weights and checkpoints, the release log, and in "
              "metrics/summary/plot/console: round, mode, epsilon, delta, noise_multiplier, clip_norm, "

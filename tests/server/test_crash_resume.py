@@ -74,7 +74,7 @@ def records(out: Path) -> list[dict]:
 
 
 def strip(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k != "wall_time"}
+    return {k: v for k, v in rec.items() if k not in ("wall_time", "run_id")}  # run ids: random per run
 
 
 def killed_run(out: Path, kill_at: int, where: str, *extra: str) -> None:
@@ -275,7 +275,7 @@ def test_releases_the_log_lost_or_a_fresh_start_over_a_checkpoint_are_refused(tm
     contents = read_log(log)
     from fl_userdp.records.release_log import ReleaseLog
     short = ReleaseLog(tmp_path / "short.log")
-    short.start(contents.run)
+    short.start(contents.run, contents.run["run_id"])
     for entry in contents.releases[:7]:
         short.append(entry, contents.updates.get(entry["round"], np.zeros(1)))
     log.write_bytes(short.path.read_bytes())
@@ -297,3 +297,51 @@ def test_a_release_log_from_another_run_is_refused(tmp_path, capsys):
     capsys.readouterr()
     shutil.copy(log_path(b, "els"), log_path(a, "els"))
     refused(capsys, run_args(a, 4, "--resume"), "belongs to another run")
+
+
+def entry_offsets(data: bytes) -> list[int]:
+    import struct
+
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        _, hlen, plen = struct.unpack_from("<4sIQ", data, pos)
+        pos += 16 + hlen + plen + 32
+    return offsets
+
+
+@pytest.mark.parametrize("case", ["middle-length,metrics-lost", "first-length,metrics+checkpoint-lost",
+                                  "torn-tail,metrics-lost,checkpoint-ahead", "boundary-cut,metrics+checkpoint-lost"])
+def test_a_refused_resume_leaves_the_release_log_as_it_was(tmp_path, reference, capsys, case):
+    """A damaged length field in a middle entry is not a torn tail: cutting there would forget released
+    rounds, and without the checkpoint a resume would release them again with fresh noise. Refused with one
+    line naming the byte; and every refused resume (here also a genuinely torn tail behind a checkpoint that
+    is ahead of the log, and a log cut at an entry boundary that the summary contradicts) leaves the log
+    byte for byte as it was: the cut of a torn tail is the resume's last step."""
+    out = tmp_path / "out"
+    copy_run(reference, out)
+    log = log_path(out, "els")
+    data = bytearray(log.read_bytes())
+    offsets = entry_offsets(bytes(data))
+    if "length" in case:  # the header length of round 3's entry (or round 1's) now points past the end
+        at = offsets[3] if case.startswith("middle") else offsets[1]
+        data[at + 4: at + 8] = (int.from_bytes(data[at + 4: at + 8], "little") + 10 ** 6).to_bytes(4, "little")
+        needles = ("is damaged", f"at byte {at}", "intact entry follows")
+    elif case.startswith("torn-tail"):  # round 10's entry cut short; the checkpoint holds round 10
+        data = data[:-5]
+        needles = ("is at round 10 but the release log ends at round 9",)
+    else:  # a shorter valid log (the run entry alone), but the summary reported 10 released rounds
+        data = data[:offsets[1]]
+        (out / "summary.json").write_bytes((reference / "summary.json").read_bytes())
+        needles = ("ends at round 0 but summary.json holds els round 10", "releases were made that the log lost")
+    log.write_bytes(bytes(data))
+    if "metrics" in case:
+        (out / "metrics.jsonl").unlink()
+    if "checkpoint-lost" in case:
+        checkpoint_path(out, "els").unlink()
+    refused(capsys, run_args(out, ROUNDS + 2, "--resume"), *needles)
+    assert log.read_bytes() == bytes(data)
+    assert not (out / "metrics.jsonl").exists() or "metrics" not in case   # nothing was released
+    if "length" in case:  # nor may a fresh start replace the damaged log (the only record of those releases)
+        refused(capsys, run_args(out, ROUNDS + 2), "--out already holds")
+        assert log.read_bytes() == bytes(data)
