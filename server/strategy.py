@@ -107,6 +107,10 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
     so it is part of the identity; with a fixed σ the target is unused and may differ.
     """
     skip = {"privacy.noise-multiplier", "privacy.publish-diagnostics"}
+    if cfg.privacy.mechanism == "independent":  # the banded strategy's keys change nothing (bands is 1)
+        skip |= {"privacy.mechanism", "privacy.bands", "privacy.bandmf-coefficients"}
+    if cfg.privacy.participation == "poisson":  # the default: as every run before the key existed
+        skip.add("privacy.participation")
     if cfg.privacy.noise_multiplier is not None:
         skip.add("privacy.target-epsilon")
     return {k: v for k, v in to_flat(cfg).items()

@@ -252,3 +252,20 @@ def test_compare_through_flower_and_in_process_publish_the_same_bits(tmp_path):
         entries = [[{k: v for k, v in e.items() if k != "run_id"} for e in read_log(log_path(out, mode)).releases]
                    for out in (ray, inproc)]
         assert entries[0] == entries[1] and len(entries[0]) == 3
+
+
+def test_the_identity_holds_the_mechanism_keys_only_where_they_matter(tmp_path):
+    """A run with independent noise has the identity it always had (its folders resume as before); a banded run's
+    identity holds the strategy, so a resume with other bands or coefficients is refused."""
+    from fl_userdp.server.strategy import check_identity, identity
+
+    plain = identity(make_cfg(tmp_path))
+    assert not any(k in plain for k in ("privacy.mechanism", "privacy.bands", "privacy.bandmf-coefficients",
+                                        "privacy.participation"))
+    banded = make_cfg(tmp_path, **{"privacy.mechanism": "bandmf", "privacy.bands": 4})
+    meta = {"mode": "uls", "identity": identity(banded)}
+    check_identity(meta, banded)
+    for other in ({"privacy.bands": 8}, {"privacy.bandmf-coefficients": "optimized"}, {"privacy.mechanism": "independent",
+                                                                                      "privacy.bands": 1}):
+        with pytest.raises(ConfigError, match="refusing to resume"):
+            check_identity(meta, make_cfg(tmp_path, **{"privacy.mechanism": "bandmf", "privacy.bands": 4, **other}))
