@@ -7,8 +7,8 @@ Every message carries what the node needs: the flat run config
 CSR over the node's sampled users). The reply holds the node's sum of
 clipped contributions (ArrayRecord "update": one flat float64 array in
 trainable order) and MetricRecord "metrics" (users, examples, clipped, loss-sum,
-seconds, max-rss-mb: the node process's peak resident memory). Model and corpus are cached per worker process
-(`fl_userdp.clients.compute.worker_for`).
+grid-loss where measured, seconds, max-rss-mb: the node process's peak resident memory).
+Model and corpus are cached per worker process (`fl_userdp.clients.compute.worker_for`).
 """
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def _reply(msg: Message, c: Contribution, t0: float) -> Message:
                "max-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
     if c.loss_sum is not None:
         metrics["loss-sum"] = float(c.loss_sum)
+    if c.grid_loss is not None:
+        metrics["grid-loss"] = float(c.grid_loss)
     return Message(content=RecordDict({"update": update, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from fl_userdp.config import RunConfig, is_task_spec, parse_config
 from fl_userdp.rng import rng_for
 
-from .contribution import Contribution, uls_example_ids
+from .contribution import Contribution, example_loss_sum, grid_check, measured, uls_example_ids, user_loss_sum
 
 _WORKERS: dict[tuple, "Worker"] = {}
 ROW_CACHE_BYTES = 256 << 20  # per process: generated (synthetic) users' rows kept after their first use
@@ -110,16 +110,13 @@ class Worker:
                 self._rows[user], self._rows_bytes = rows, self._rows_bytes + rows.nbytes
         return rows[np.asarray(ids, dtype=np.int64)]
 
-    def _loss_sum(self, examples: np.ndarray, weights_per_record: np.ndarray | None = None) -> float:
+    def _losses(self, examples: np.ndarray) -> np.ndarray:
         from fl_userdp.local.updates import per_example_loss, as_tokens
         import torch
 
         with torch.no_grad():
-            losses = torch.cat([per_example_loss(self.model, as_tokens(self.model, examples[lo:lo + 64]), self.pad_id)
-                                for lo in range(0, len(examples), 64)]).double().cpu().numpy()
-        if weights_per_record is None:
-            return float(losses.sum())
-        return float(losses @ weights_per_record)
+            return torch.cat([per_example_loss(self.model, as_tokens(self.model, examples[lo:lo + 64]), self.pad_id)
+                              for lo in range(0, len(examples), 64)]).double().cpu().numpy()
 
     def uls(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray,
             with_loss: bool = True) -> Contribution:
@@ -131,15 +128,15 @@ class Worker:
                 for u in users]
         # update="gradient": the losses come from the gradients' own forward (the start weights)
         losses = [] if with_loss and t.update == "gradient" else None
+        check = grid_check(self, cfg)
         total, clipped, _ = uls_clipped_sum(self.model, data, cfg.privacy.clip_norm, t.update, t.local_steps,
                                             t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id,
-                                            autocast=cfg.model.autocast == "bf16", losses=losses)
+                                            autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check)
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
-            per = np.concatenate([np.full(len(d), 1.0 / max(len(d), 1)) for d in data])
-            loss = float(flat_numpy(losses) @ per) if losses is not None else \
-                self._loss_sum(np.concatenate(data), per)
-        return Contribution(total, len(data), int(sum(len(d) for d in data)), clipped, loss)
+            each = flat_numpy(losses) if losses is not None else self._losses(np.concatenate(data))
+            loss = user_loss_sum(cfg, each, [len(d) for d in data])
+        return Contribution(total, len(data), int(sum(len(d) for d in data)), clipped, loss, measured(check))
 
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
             example_ids: np.ndarray, with_loss: bool = True) -> Contribution:
@@ -151,10 +148,11 @@ class Worker:
         parts = [self.examples_of(int(u), example_ids[offsets[i]:offsets[i + 1]]) for i, u in enumerate(users)]
         examples = np.concatenate(parts) if parts else np.zeros((0, self.corpus.seq_len), np.int64)
         losses = [] if with_loss else None  # from the gradients' own forward, no second pass
+        check = grid_check(self, cfg)
         total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id,
-                                         autocast=cfg.model.autocast == "bf16", losses=losses)
-        loss = float(flat_numpy(losses).sum()) if with_loss and len(examples) else None
-        return Contribution(total, len(parts), int(len(examples)), clipped, loss)
+                                         autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check)
+        loss = example_loss_sum(cfg, flat_numpy(losses)) if with_loss and len(examples) else None
+        return Contribution(total, len(parts), int(len(examples)), clipped, loss, measured(check))
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:
         from fl_userdp.local.model import set_trainable
@@ -311,9 +309,10 @@ class LinearWorker:
         upd, loss = self._updates(cfg, w, x, y, offsets)
         norms = np.sqrt(np.einsum("ud,ud->u", upd, upd))
         C = cfg.privacy.clip_norm
-        total = scaled_grid_sum(clip_factors(norms, record_clip_norm(C)), finite(upd), C)
+        check = grid_check(self, cfg)
+        total = scaled_grid_sum(clip_factors(norms, record_clip_norm(C)), finite(upd), C, check)
         return Contribution(total, int(users.size), int(owner.size), int(np.sum(norms > cfg.privacy.clip_norm)),
-                            float(loss.sum()) if with_loss else None)
+                            example_loss_sum(cfg, loss) if with_loss else None, measured(check))  # `loss`: per user
 
     def uls_loop(self, cfg: RunConfig, weights: list[np.ndarray], rnd: int, users: np.ndarray) -> Contribution:
         """The same contribution as `uls`, one user at a time (the plain-loop reference)."""
@@ -328,7 +327,8 @@ class LinearWorker:
             upd, loss = self._updates(cfg, w, x, y, np.array([0, ids.size]))
             norm = float(np.linalg.norm(upd[0]))
             total += to_grid(clip(upd[0], record_clip_norm(C)), C)
-            examples, clipped, loss_sum = examples + ids.size, clipped + (norm > C), loss_sum + float(loss[0])
+            examples, clipped = examples + ids.size, clipped + (norm > C)
+            loss_sum += example_loss_sum(cfg, loss)
         return Contribution(total, len(users), examples, clipped, loss_sum if len(users) else None)
 
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
@@ -343,9 +343,10 @@ class LinearWorker:
         resid = row_dots(x, w) - y
         norms = np.abs(resid) * np.sqrt(np.einsum("ed,ed->e", x, x))
         coef = finite(clip_factors(norms, record_clip_norm(cfg.privacy.clip_norm)) * resid)  # 0 for a non-finite record
-        loss = float(np.sum(0.5 * resid ** 2)) if with_loss and owners.size else None
-        return Contribution(scaled_grid_sum(coef, finite(x), cfg.privacy.clip_norm), int(users.size), int(owners.size),
-                            int(np.sum(norms > cfg.privacy.clip_norm)), loss)
+        loss = example_loss_sum(cfg, 0.5 * resid ** 2) if with_loss and owners.size else None
+        check = grid_check(self, cfg)
+        return Contribution(scaled_grid_sum(coef, finite(x), cfg.privacy.clip_norm, check), int(users.size),
+                            int(owners.size), int(np.sum(norms > cfg.privacy.clip_norm)), loss, measured(check))
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:
         """Mean ½(x·w − y)² over the first train.eval-examples held-out examples (nan without any)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from fl_userdp.config import RunConfig
 
-from .contribution import Contribution, uls_example_ids
+from .contribution import Contribution, example_loss_sum, uls_example_ids, user_loss_sum
 
 
 class TaskWorker:
@@ -49,8 +49,8 @@ class TaskWorker:
         loss = None
         nonempty = [d for d in data if len(d)]
         if with_loss and nonempty:  # mean loss of each user's rows, summed over users
-            per = np.concatenate([np.full(len(d), 1.0 / len(d)) for d in nonempty])
-            loss = float(per_example_losses(self.task, np.concatenate(nonempty)) @ per)
+            loss = user_loss_sum(cfg, per_example_losses(self.task, np.concatenate(nonempty)),
+                                 [len(d) for d in nonempty])
         return Contribution(total, len(data), int(sum(len(d) for d in data)), clipped, loss)
 
     def els(self, cfg: RunConfig, weights: list[np.ndarray], users: np.ndarray, offsets: np.ndarray,
@@ -65,7 +65,7 @@ class TaskWorker:
             return Contribution(np.zeros(sum(int(np.prod(s)) for s in self.shapes)), len(users), 0, 0, None)
         rows = np.concatenate(parts)
         total, clipped = els_clipped_sum(self.task, rows, cfg.privacy.clip_norm)
-        loss = float(per_example_losses(self.task, rows).sum()) if with_loss else None
+        loss = example_loss_sum(cfg, per_example_losses(self.task, rows)) if with_loss else None
         return Contribution(total, len(users), int(len(rows)), clipped, loss)
 
     def evaluate(self, cfg: RunConfig, weights: list[np.ndarray]) -> float:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import RunConfig, flatten_toml, parse_config, secure_mode, to_flat
+from .config import RunConfig, flatten_toml, parse_config, publish_diagnostics, secure_mode, to_flat
 from .errors import ConfigError
 
 BACKENDS = ("ray", "inprocess")
@@ -253,7 +253,7 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
     """summary.json / summary.md and plot.png next to the metrics (labelled: see fl_userdp.records.report)."""
     from .records import report
 
-    publish = cfg.privacy.publish_diagnostics
+    publish = publish_diagnostics(cfg)
     q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
     records = [r for run in runs.values() for r in run.records]
     stops = [f"{run.mode}: {run.stop_reason}" for run in runs.values() if run.stop_reason]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .mechanism.fixed_point import EXACT_RECORDS
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,15 @@ class PrivacyConfig:
     max_epsilon: float | None = None  # budget stop; None = no stop
     secure_mode: bool | None = None   # sampling and noise from OS entropy (not from the seed); None = "auto":
                                       # on for users' own data, off for the built-in synthetic data (`secure_mode`)
-    publish_diagnostics: bool = True  # False: outputs hold only what the DP guarantee covers
+    publish_diagnostics: bool | None = None  # un-noised diagnostics in the outputs; None = "auto": published for
+                                      # the built-in synthetic data, off for users' own data (`publish_diagnostics`)
     adaptive_clip_quantile: float | None = None  # γ: C tracks this quantile of record norms; None = fixed C
     adaptive_clip_lr: float = 0.2     # η of the geometric update C ← C·exp(−η(b̃ − γ))
     count_noise_multiplier: float | None = None  # σ_b of the unclipped count; None = expected count / 20
+    private_loss: bool = False        # release the cohort's mean training loss and clipped fraction with noise,
+                                      # accounted with the round's release (fl_userdp.mechanism.private_loss)
+    loss_bound: float | None = None   # L: each record's loss is clipped to [0, L]; None = ln(model.vocab-size) (tiny)
+    loss_noise_multiplier: float | None = None  # σ_l, in units of each part's sensitivity; None = expected count / 10
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,9 @@ SCHEMA = _flat_schema()
 # Old names still accepted (mapped to the current key; outputs use the current one).
 ALIASES = {"privacy.secure-noise": "privacy.secure-mode"}
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # as fl_userdp.accounting.plugins.SPEC
-_AUTO_BOOLS = {"privacy.secure-mode"}
+_AUTO_BOOLS = {"privacy.secure-mode", "privacy.publish-diagnostics"}
 _OPTIONAL_FLOATS = {"privacy.noise-multiplier", "privacy.max-epsilon", "privacy.adaptive-clip-quantile",
-                    "privacy.count-noise-multiplier"}
+                    "privacy.count-noise-multiplier", "privacy.loss-bound", "privacy.loss-noise-multiplier"}
 
 
 def secure_mode(cfg: RunConfig) -> bool:
@@ -143,7 +149,46 @@ def secure_mode(cfg: RunConfig) -> bool:
     p = cfg.privacy
     if p.secure_mode is not None:
         return bool(p.secure_mode)
+    return users_own_data(cfg)
+
+
+def users_own_data(cfg: RunConfig) -> bool:
+    """Whether the run trains on users' own data: a data.source other than the built-in "synthetic", or your
+    own task (model.name = "package.module:factory", which may bring its own corpus)."""
     return cfg.data.source != "synthetic" or is_task_spec(cfg.model.name)
+
+
+def publish_diagnostics(cfg: RunConfig) -> bool:
+    """Whether the outputs carry diagnostics (training loss, counts, clipped fraction, failures, wall time:
+    computed from training users' data without noise, outside the guarantee): privacy.publish-diagnostics, or
+    where it is "auto" (the default) only for the built-in synthetic data — off for users' own data
+    (`users_own_data`), as `secure_mode` is on there."""
+    p = cfg.privacy
+    if p.publish_diagnostics is not None:
+        return bool(p.publish_diagnostics)
+    return not users_own_data(cfg)
+
+
+def diagnostics_line(cfg: RunConfig) -> str:
+    """One line for the start of a run: whether diagnostics are published, and why."""
+    why = "privacy.publish-diagnostics" if cfg.privacy.publish_diagnostics is not None else \
+        "auto: users' own data" if users_own_data(cfg) else "auto: built-in synthetic data"
+    if publish_diagnostics(cfg):
+        return (f"  diagnostics published ({why}): training loss, counts, clipped fraction, failures and wall time "
+                "of the sampled users, without noise, OUTSIDE the guarantee")
+    private = "; the training loss and clipped fraction are released with noise (privacy.private-loss)" \
+        if cfg.privacy.private_loss else "; privacy.private-loss=true releases a noised training loss"
+    return f"  no diagnostics published ({why}): the outputs hold only what the guarantee covers{private}"
+
+
+def loss_bound(cfg: RunConfig) -> float:
+    """L of privacy.private-loss: each record's training loss is clipped to [0, L]. privacy.loss-bound, or for
+    the "tiny" model ln(model.vocab-size) (the loss of the uniform prediction; a cross entropy above it is
+    clipped). Other models need it given (checked when the config is parsed)."""
+    p = cfg.privacy
+    if p.loss_bound is not None:
+        return float(p.loss_bound)
+    return math.log(cfg.model.vocab_size)
 
 
 def is_task_spec(name: str) -> bool:
@@ -227,6 +272,15 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(0 < p.adaptive_clip_lr < math.inf, "privacy.adaptive-clip-lr", p.adaptive_clip_lr, "must be > 0")
     need(p.count_noise_multiplier is None or 0 < p.count_noise_multiplier < math.inf,
          "privacy.count-noise-multiplier", p.count_noise_multiplier, "must be > 0 (or 'auto')")
+    need(p.loss_bound is None or 0 < p.loss_bound < math.inf, "privacy.loss-bound", p.loss_bound,
+         "must be > 0 (or 'auto': ln(model.vocab-size) for model.name 'tiny')")
+    need(p.loss_noise_multiplier is None or 0 < p.loss_noise_multiplier < math.inf,
+         "privacy.loss-noise-multiplier", p.loss_noise_multiplier, "must be > 0 (or 'auto': expected count / 10)")
+    need(not p.private_loss or p.loss_bound is not None or m.name == "tiny", "privacy.loss-bound", p.loss_bound,
+         f"must be given with privacy.private-loss for model.name {m.name!r} (its default, ln(model.vocab-size), "
+         "is for 'tiny'): the largest per-record training loss the release counts")
+    need(not p.private_loss or p.mechanism == "independent", "privacy.private-loss", p.private_loss,
+         "must be false with privacy.mechanism 'bandmf' (its loss release is accounted with independent noise)")
     need(t.rounds >= 1, "train.rounds", t.rounds, "must be >= 1")
     need(t.server_optimizer in ("sgd", "adam"), "train.server-optimizer", t.server_optimizer, "must be 'sgd' or 'adam'")
     need(0 < t.server_lr < math.inf, "train.server-lr", t.server_lr, "must be > 0")
@@ -266,6 +320,11 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(0 <= d.user_diversity <= 1, "data.user-diversity", d.user_diversity, "must be in [0, 1]")
     need(0 <= d.example_similarity <= 1, "data.example-similarity", d.example_similarity, "must be in [0, 1]")
     need(s.users_per_node >= 1, "sim.users-per-node", s.users_per_node, "must be >= 1")
+    per_node = s.users_per_node * (p.max_examples_per_user if p.mode == "els" else 1)  # records a node can sum
+    unit = "users x privacy.max-examples-per-user" if p.mode == "els" else "users"
+    need(per_node <= EXACT_RECORDS, "sim.users-per-node", s.users_per_node,
+         f"must hold at most {EXACT_RECORDS} records a round ({unit} = {per_node}): a node's exact sum must fit "
+         "float64 (fl_userdp.mechanism.fixed_point)")
     need(s.cpus_per_node > 0, "sim.cpus-per-node", s.cpus_per_node, "must be > 0")
     need(s.num_cpus >= 1, "sim.num-cpus", s.num_cpus, "must be >= 1")
     need(s.reply_timeout > 0, "sim.reply-timeout", s.reply_timeout, "must be > 0")

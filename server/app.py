@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
+from fl_userdp.config import RunConfig, parse_config, publish_diagnostics, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
 from fl_userdp.messages import flat_record, split_record
 
@@ -129,7 +129,8 @@ class GridTransport:
             m = rep.content["metrics"]
             return NodeReply(split_record(rep.content["update"], shapes), int(m["users"]),
                              int(m["examples"]), int(m["clipped"]),
-                             float(m["loss-sum"]) if "loss-sum" in m else None)
+                             float(m["loss-sum"]) if "loss-sum" in m else None,
+                             float(m["grid-loss"]) if "grid-loss" in m else None)
         except Exception as err:  # malformed reply: counted as a failure, never applied
             return NodeFailure(f"malformed reply: {err!r}"[:300])
 
@@ -196,7 +197,7 @@ def main(grid: Grid, context: Context) -> None:
     report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
                                                                                if r.stop_reason],
                                                              "run_id": results[0].run_id},
-                                                   cfg.privacy.publish_diagnostics, secure_mode(cfg)))
+                                                   publish_diagnostics(cfg), secure_mode(cfg)))
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
               f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))

@@ -30,7 +30,7 @@ class InProcessTransport:
             else:
                 c = self.worker.els(cfg, weights, req.users, req.offsets, req.example_ids)
             out[node] = NodeReply(split_flat(c.total, self.worker.shapes), c.users, c.examples,
-                                  c.clipped, c.loss_sum)
+                                  c.clipped, c.loss_sum, c.grid_loss)
         return out
 
     def evaluate(self, weights: list[np.ndarray]) -> float:

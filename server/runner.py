@@ -21,7 +21,7 @@ folder whose files name different runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +31,8 @@ from fl_userdp.records import folder_lock, report
 from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
 from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.mechanism.adaptive_clip import default_count_noise, sum_noise_multiplier
-from fl_userdp.config import RunConfig, is_task_spec
+from fl_userdp.mechanism.private_loss import default_loss_noise, without_loss
+from fl_userdp.config import RunConfig, is_task_spec, publish_diagnostics
 from fl_userdp.errors import ConfigError
 from fl_userdp.records.release_log import LogContents, ReleaseLog, log_path, new_run_id, read_log, refuse_damage
 
@@ -52,18 +53,36 @@ def noise_multiplier(cfg: RunConfig, expected: float | None = None) -> float:
     """privacy.noise-multiplier, or σ calibrated for (target-epsilon, delta) over train.rounds.
 
     With adaptive clipping the target is calibrated for the joint release's effective multiplier and σ (the
-    sum's) follows from the count's σ_b (`fl_userdp.mechanism.adaptive_clip`; the default σ_b needs the expected count).
+    sum's) follows from the count's σ_b (`fl_userdp.mechanism.adaptive_clip`; the default σ_b needs the expected count);
+    with privacy.private-loss from the loss's σ_l as well (`fl_userdp.mechanism.private_loss`).
     """
     p = cfg.privacy
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     sigma, _ = calibrate_noise(p.mode, p.target_epsilon, p.delta, p.sampling_rate, cfg.train.rounds,
                                p.max_examples_per_user, p.accountant, bands=p.bands)
+    if p.private_loss:  # the noised training loss takes its share (fl_userdp.mechanism.private_loss)
+        if p.loss_noise_multiplier is None and expected is None:
+            raise ConfigError("privacy.loss-noise-multiplier", None, "must be given to calibrate without the data")
+        sigma = without_loss(sigma, p.loss_noise_multiplier or default_loss_noise(expected),
+                             p.adaptive_clip_quantile is not None)
     if p.adaptive_clip_quantile is None:
         return sigma
     if p.count_noise_multiplier is None and expected is None:
         raise ConfigError("privacy.count-noise-multiplier", None, "must be given to calibrate without the data")
     return sum_noise_multiplier(sigma, p.count_noise_multiplier or default_count_noise(expected))
+
+
+def private_loss_cost(cfg: RunConfig, counts: np.ndarray, sigma: float) -> tuple[float, float]:
+    """(ε with, ε without) the private training loss over train.rounds at the sum's σ (`sigma`): what
+    privacy.private-loss costs, for the line at the start of a run."""
+    from .strategy import UserDPStrategy
+
+    out = []  # the strategy works out the round's joint multiplier, as in the run
+    for c in (cfg, replace(cfg, privacy=replace(cfg.privacy, private_loss=False))):
+        s = UserDPStrategy(c, counts, [np.zeros(1)], sigma)
+        out.append(float(s.accountant.epsilon_after(s.event, cfg.train.rounds)))
+    return out[0], out[1]
 
 
 def expected_for(cfg: RunConfig, counts: np.ndarray) -> float:
@@ -342,7 +361,7 @@ def run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evalu
 def _run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Evaluator | None, out: Path,
               resume: bool, on_record: Callable[[dict[str, Any]], None] | None) -> ModeResult:
     mode, run_id = cfg.privacy.mode, folder_lock.held_run_id(out)
-    publish = cfg.privacy.publish_diagnostics
+    publish = publish_diagnostics(cfg)
     log, metrics = _log_of(out, mode), out / report.METRICS
     if resume:
         check_resume(cfg, out, [mode], every_mode=False)

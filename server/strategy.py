@@ -15,10 +15,13 @@ Round r (`run_round`):
   2. send    — one request per node with sampled users (an empty cohort sends nothing), with this round's
                C when it adapts
   3. collect — replies; errors and timeouts count as failures (meanwhile the ledger works out its next ε)
-  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else scaled to it)
+  4. check   — each node's sum: shape/dtype/finite, norm ≤ requested count × C (else scaled to it); the
+               sums are added in int64 grid units (exact in any order: `fl_userdp.mechanism.fixed_point`)
   5. release — Σ + N(0, σ²C²·I), divided by the expected count (q·N or q·n_k); the noise is drawn for
                this release only (`fl_userdp.mechanism.noise`); with adaptive clipping the noised centred count of
-               unclipped records too, and the next C (`fl_userdp.mechanism.adaptive_clip`)
+               unclipped records too, and the next C (`fl_userdp.mechanism.adaptive_clip`); with
+               privacy.private-loss the noised mean training loss and clipped fraction
+               (`fl_userdp.mechanism.private_loss`), all accounted as one release
   6. account — compose the round's event in the ledger (also for empty cohorts)
   7. log     — hand the release to `self.journal` (the write-ahead release log), before anything uses it
   8. step    — server optimizer with the noisy mean as the gradient estimate
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -46,9 +50,12 @@ from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.mechanism.adaptive_clip import (default_count_noise, effective_noise_multiplier, next_clip_norm,
                                      unclipped_fraction)
 from fl_userdp.mechanism.aggregate import expected_count, release, split_flat
-from fl_userdp.config import RunConfig, parse_config, secure_mode, to_flat
+from fl_userdp.config import RunConfig, loss_bound, parse_config, publish_diagnostics, secure_mode, to_flat
 from fl_userdp.errors import ConfigError
+from fl_userdp.mechanism.fixed_point import (GRID_LOSS_WARN, ROUND_RECORDS, from_units, grid_loss_warning,
+                                             to_units)
 from fl_userdp.mechanism.noise import SecureGenerator, release_rng
+from fl_userdp.mechanism.private_loss import default_loss_noise, mean_loss, node_loss, with_loss
 from fl_userdp.rng import rng_for
 from fl_userdp.mechanism.bandmf import NoiseStream, coefficients
 from fl_userdp.mechanism.sampling import (MODE_KEYS, cap_examples, cyclic_groups, group_examples, group_of_round,
@@ -84,11 +91,16 @@ class NodeReply:
     examples: int = 0
     clipped: int = 0
     loss_sum: float | None = None  # Σ of per-record training losses (optional)
+    grid_loss: float | None = None  # what the exact-sum grid dropped of the node's sum, where measured (a diagnostic)
 
 
 @dataclass(frozen=True)
 class NodeFailure:
     reason: str
+
+
+class GridLossWarning(UserWarning):
+    """The exact-sum grid dropped a measurable part of a node's sum: C is far above the records' norms."""
 
 
 Transport = Callable[[Mapping[int, NodeRequest], list[np.ndarray]], Mapping[int, Any]]
@@ -107,6 +119,8 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
     so it is part of the identity; with a fixed σ the target is unused and may differ.
     """
     skip = {"privacy.noise-multiplier", "privacy.publish-diagnostics"}
+    if not cfg.privacy.private_loss:  # off: the loss release's own keys change nothing
+        skip |= {"privacy.private-loss", "privacy.loss-bound", "privacy.loss-noise-multiplier"}
     if cfg.privacy.mechanism == "independent":  # the banded strategy's keys change nothing (bands is 1)
         skip |= {"privacy.mechanism", "privacy.bands", "privacy.bandmf-coefficients"}
     if cfg.privacy.participation == "poisson":  # the default: as every run before the key existed
@@ -153,13 +167,22 @@ class UserDPStrategy:
                                        self.capped.total if self.capped is not None else None)
         if self.expected <= 0:
             raise ConfigError("data.source", cfg.data.source, "has no training examples")
+        most = self.num_users if self.mode == "uls" else int(self.capped.total)  # records one round can hold
+        if most > ROUND_RECORDS:
+            raise ConfigError("data.num-users", self.num_users, f"puts up to {most} records into one round; the "
+                              f"exact sum holds {ROUND_RECORDS} (fl_userdp.mechanism.fixed_point)")
         self.noise_multiplier = float(noise_multiplier)  # σ of the sum
         self.clip_norm = float(p.clip_norm)               # C: fixed, or adapted every round (Andrew et al.)
         self.adaptive = p.adaptive_clip_quantile is not None
         self.count_noise = (p.count_noise_multiplier or default_count_noise(self.expected)) if self.adaptive else 0.0
-        # the ledger's σ: the sum's, or the joint (sum, unclipped count) release's effective multiplier
+        # the ledger's σ: the sum's, or the joint (sum, unclipped count, private loss) release's effective multiplier
         self.accounted_multiplier = effective_noise_multiplier(self.noise_multiplier, self.count_noise) \
             if self.adaptive else self.noise_multiplier
+        self.private_loss = p.private_loss  # the noised training loss and clipped fraction (mechanism.private_loss)
+        self.loss_bound = loss_bound(cfg) if self.private_loss else 0.0
+        self.loss_noise = (p.loss_noise_multiplier or default_loss_noise(self.expected)) if self.private_loss else 0.0
+        if self.private_loss:
+            self.accounted_multiplier = with_loss(self.accounted_multiplier, self.loss_noise, self.adaptive)
         self.event = make_event(self.mode, p.sampling_rate, self.accounted_multiplier, p.max_examples_per_user,
                                 p.bands)
         self._cyclic_groups(p.bands)  # b > 1: each round draws within one group (`fl_userdp.mechanism.sampling`)
@@ -175,6 +198,7 @@ class UserDPStrategy:
         self.journal: Journal | None = None  # set by the runner: the write-ahead release log
         self._ahead: tuple[int, dict] | None = None  # (round, requests) drawn ahead, used only by that round
         self.failed_streak = 0               # consecutive rounds over sim.max-failed-fraction
+        self.grid_warned = False             # the exact-sum grid's loss is warned about once
         self.failure_stop = False
 
     def _cyclic_groups(self, bands: int) -> None:
@@ -252,9 +276,11 @@ class UserDPStrategy:
         """Sum the validated contributions; count failures, rejections, re-clips, and the centred count of
         unclipped records (Σ (b_i − ½), for adaptive clipping)."""
         C = self.clip_norm
-        total = np.zeros_like(self.weights)
+        units = np.zeros(self.weights.size, np.int64)  # exact in any order (fl_userdp.mechanism.fixed_point)
+        rest = np.zeros(self.weights.size)             # off the grid: only sums the check rescaled
         st = dict(nodes_replied=0, failures=0, rejected=0, reclipped=0, users_replied=0,
-                  examples_processed=0, clipped=0, records=0, loss_sum=0.0, loss_records=0, unclipped_centred=0.0)
+                  examples_processed=0, clipped=0, records=0, loss_sum=0.0, loss_records=0, unclipped_centred=0.0,
+                  loss_centred=0.0, grid_loss=None)
         for node, req in requests.items():
             rep = replies.get(node)
             if not isinstance(rep, NodeReply):  # timeout (missing), NodeFailure or garbage
@@ -265,7 +291,9 @@ class UserDPStrategy:
                 st["rejected"] += 1
                 continue
             st["reclipped"] += checked.status == "reclipped"
-            total += checked.value
+            whole, off = to_units(checked.value, C)
+            units += whole
+            rest += off
             st["nodes_replied"] += 1
             users = min(max(int(rep.users), 0), int(req.users.size))
             examples = max(int(rep.examples), 0)
@@ -275,10 +303,14 @@ class UserDPStrategy:
             clipped = min(max(int(rep.clipped), 0), req.count)  # a node's count is bounded by its records too
             st["clipped"] += clipped
             st["unclipped_centred"] += (req.count - clipped) - req.count / 2
+            if self.private_loss:  # Σ (ℓ_i − L/2) over the node's records, its sum bounded to [0, records × L]
+                st["loss_centred"] += node_loss(rep.loss_sum, req.count, self.loss_bound)
+            if rep.grid_loss is not None and math.isfinite(rep.grid_loss):
+                st["grid_loss"] = max(st["grid_loss"] or 0.0, float(rep.grid_loss))
             if rep.loss_sum is not None and math.isfinite(rep.loss_sum):
                 st["loss_sum"] += float(rep.loss_sum)
                 st["loss_records"] += req.count
-        return total, st
+        return from_units(units, C) + rest, st
 
     # -- the round ---------------------------------------------------------------
     def run_round(self, transport: Transport, evaluate: Evaluator | None = None) -> dict[str, Any] | None:
@@ -308,6 +340,10 @@ class UserDPStrategy:
                 self._ahead = (rnd + 1, next_sample.result())
         # 4. validate / clip and sum
         total, st = self.collect(requests, replies)
+        if st["grid_loss"] is not None and st["grid_loss"] > GRID_LOSS_WARN and not self.grid_warned \
+                and publish_diagnostics(self.cfg):  # a measured figure: only where diagnostics are published
+            self.grid_warned = True
+            warnings.warn(grid_loss_warning(st["grid_loss"], self.clip_norm), GridLossWarning, stacklevel=2)
         # 5. noise once (drawn for this release only), divide by the expected count; with adaptive clipping
         #    the centred unclipped count is released with it (its own noise, from the same generator, which
         #    is keyed by the count and the count's noise std as well)
@@ -315,6 +351,9 @@ class UserDPStrategy:
         C, E = self.clip_norm, self.expected_of(rnd)
         std = C * self.noise_multiplier
         extra = (self.count_noise, st["unclipped_centred"]) if self.adaptive else ()
+        if self.private_loss:  # the loss part (and the clipped count, without adaptive clipping) key the noise too
+            extra += (self.loss_noise, self.loss_bound, st["loss_centred"],
+                      *(() if self.adaptive else (st["unclipped_centred"],)))
         rng = SecureGenerator() if self.secure else \
             release_rng(self.cfg.seed, self.mode, rnd, std, E, total, extra)
         rel = release(total, C, self.noise_multiplier, E, rng, self.stream)
@@ -324,6 +363,13 @@ class UserDPStrategy:
             fraction = unclipped_fraction(noisy, E)
             adapt = {"unclipped_fraction": fraction,
                      "next_clip_norm": next_clip_norm(C, fraction, p.adaptive_clip_quantile, p.adaptive_clip_lr)}
+        if self.private_loss:  # after the count, from the same generator: each part its own draw
+            L, z = self.loss_bound, rng.standard_normal(1 if self.adaptive else 2)
+            adapt["private_train_loss"] = mean_loss(st["loss_centred"] + self.loss_noise * L / 2 * float(z[0]),
+                                                    E, L)
+            unclipped = adapt["unclipped_fraction"] if self.adaptive else \
+                unclipped_fraction(st["unclipped_centred"] + self.loss_noise / 2 * float(z[1]), E)
+            adapt["private_clipped_fraction"] = 1.0 - unclipped
         # 6. account, 7. log (durable before anything applies or writes it), 8. step
         self.accountant.compose(self.event)
         eps = float(self.accountant.epsilon())

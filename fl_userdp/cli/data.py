@@ -15,6 +15,8 @@ from .common import emit
 from ..errors import ConfigError
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+OUTSIDE = ("outside the DP guarantee: these statistics of the users' data (counts, quantiles, p100 = one user's "
+           "count, and what is derived from them) are computed without noise; keep them out of what you publish")
 
 
 # -- assets -------------------------------------------------------------------
@@ -154,7 +156,7 @@ def data_stats_cmd(a: argparse.Namespace) -> int:
                "available_users": int(getattr(c, "available_users", c.num_users + (held_users or 0))),
                "examples": int(counts.sum()), "heldout_examples": held_rows,
                "examples_per_user": _quantiles(counts), "mean_examples_per_user": float(counts.mean()),
-               "dropped": used["dropped"], "num_users_capped": used["num_users_capped"]}
+               "dropped": used["dropped"], "num_users_capped": used["num_users_capped"], "guarantee": OUTSIDE}
     unit = f"rows of {seq_len} tokens, model.seq-len" if seq_len else "feature rows (linear task)" \
         if cfg.model.name == "linear" else "rows of your task's corpus"
     notes = [t for t in (dropped_text(used["dropped"]), used["num_users_capped"]) if t]
@@ -163,7 +165,7 @@ def data_stats_cmd(a: argparse.Namespace) -> int:
             + "".join(f"{note}\n" for note in notes)
             + f"examples ({unit}): {payload['examples']} training, {payload['heldout_examples']} held-out\n"
             "examples per user: " + " ".join(f"{k}={v:g}" for k, v in payload["examples_per_user"].items())
-            + f" mean={payload['mean_examples_per_user']:.3g}")
+            + f" mean={payload['mean_examples_per_user']:.3g}\n{OUTSIDE}")
     emit(payload, a.json, text)
     return 0
 
@@ -230,10 +232,12 @@ def plan_cmd(a: argparse.Namespace) -> int:
                      pilot=read_pilot(a.pilot) if a.pilot else None, **banded_options(a, cfg))
     payload = plan.to_dict()
     payload["source"] = a.counts_file or cfg.data.source
+    payload["guarantee"] = OUTSIDE
     if a.json:
         print(json.dumps(payload, sort_keys=True))
     else:
         print(format_plan(plan))
+        print(OUTSIDE)
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, load_config_file, parse_config
+from ..config import RunConfig, load_config_file, parse_config, publish_diagnostics
 from ..errors import ConfigError
 
 
@@ -69,6 +69,9 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fl_userdp.server.runner import check_fresh, check_resume, logged_sigma, prepare
+    from fl_userdp.server.strategy import with_mode
+
+    from ..config import diagnostics_line
 
     from ..records import report
     from ..api import run_simulation
@@ -89,7 +92,7 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
     console.print(f"[bold]{name}[/]: {len(setup.counts)} users, {-(-len(setup.counts) // cfg.sim.users_per_node)} "
                   f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}"
                   + (f", expected examples/step {per_step:.1f}" if "els" in modes else ""))
-    publish = cfg.privacy.publish_diagnostics
+    publish = publish_diagnostics(cfg)
     if setup.data is not None:  # what loading dropped is a diagnostic (counted from the files, no noise)
         console.print(f"  {data_line(setup.data if publish else {**setup.data, 'dropped': None})}", soft_wrap=True,
                       markup=False)
@@ -98,9 +101,12 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
         target = " (the resumed run's)" if logged is not None else "" if cfg.privacy.noise_multiplier is not None \
             else f" (for ε={cfg.privacy.target_epsilon:g}, also the run's budget)"
         console.print(f"  {mode.upper()}: σ = {sigma:.4g}{target}, δ = {cfg.privacy.delta:g}")
+        if cfg.privacy.private_loss:
+            console.print(private_loss_line(with_mode(cfg, mode), setup.counts, sigma), soft_wrap=True)
     if cfg.privacy.mechanism == "bandmf":
         console.print(mechanism_line(cfg, sum(int(a.size) for a in setup.init_weights)), markup=False)
     console.print(randomness_line(cfg))
+    console.print(diagnostics_line(cfg), markup=False, soft_wrap=True)
 
     timing = [TimeElapsedColumn()] if publish else []  # timings are diagnostics
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -148,6 +154,20 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
                       "--resume")
         return 4
     return 0
+
+
+def private_loss_line(cfg, counts, sigma: float) -> str:
+    """One line: what privacy.private-loss releases and what it costs (ε over the run with and without it)."""
+    from fl_userdp.server.runner import expected_for, private_loss_cost
+
+    from ..config import loss_bound
+    from ..mechanism.private_loss import default_loss_noise
+
+    p = cfg.privacy
+    with_it, without = private_loss_cost(cfg, counts, sigma)
+    loss_sigma = p.loss_noise_multiplier or default_loss_noise(expected_for(cfg, counts))
+    return (f"    private training loss: each record's loss clipped to [0, {loss_bound(cfg):.4g}], noise multiplier "
+            f"{loss_sigma:.4g}; ε over {cfg.train.rounds} rounds {with_it:.4g} with it, {without:.4g} without it")
 
 
 def mechanism_line(cfg, size: int) -> str:

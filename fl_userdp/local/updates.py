@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_userdp.mechanism.fixed_point import grid_exponent, record_clip_norm
+from fl_userdp.mechanism.fixed_point import grid_exponent, grid_loss, record_clip_norm
 
 from .model import get_trainable, set_trainable, trainable_params
 from .opacus_compat import import_opacus
@@ -234,15 +234,16 @@ def flat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
 def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
                     pad_id: int | None = None, autocast: bool = False,
-                    losses: list | None = None) -> tuple[np.ndarray, int]:
+                    losses: list | None = None, grid_check: list | None = None) -> tuple[np.ndarray, int]:
     """Σ_i clip(∇ loss_i, C) over the rows of `examples`, at the model's current weights.
 
     Returns (flat float64 sum, number of examples whose gradient norm exceeded C); `losses` as in
-    `per_example_grads`.
+    `per_example_grads`; `grid_check`: when a list, the sum's `grid_loss` is appended to it.
     """
     examples = np.asarray(examples, dtype=np.int64)
     params = [p for _, p in trainable_params(model)]
     total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
+    raw = [torch.zeros_like(t) for t in total] if grid_check is not None else [None] * len(total)
     clipped = 0
     for lo in range(0, examples.shape[0], chunk_size):
         grads = per_example_grads(model, as_tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast,
@@ -250,8 +251,10 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
         factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
-        for acc, g in zip(total, grads):
-            acc += grid_units(factors, g.reshape(g.shape[0], -1), clip_norm)
+        for acc, r, g in zip(total, raw, grads):
+            acc += grid_units(factors, g.reshape(g.shape[0], -1), clip_norm, r)
+    if grid_check is not None:
+        grid_check.append(measured_grid_loss(raw, total))
     return from_grid_units(total, clip_norm), clipped
 
 
@@ -308,7 +311,8 @@ def _local_steps_update(model: nn.Module, examples: np.ndarray, start: list[np.n
 def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm: float, update: str,
                     local_steps: int, local_lr: float, batch_size: int, start: list[np.ndarray],
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD, pad_id: int | None = None,
-                    autocast: bool = False, losses: list | None = None) -> tuple[np.ndarray, int, list[float]]:
+                    autocast: bool = False, losses: list | None = None,
+                    grid_check: list | None = None) -> tuple[np.ndarray, int, list[float]]:
     """Σ_u clip(Δ_u, C) over users, each Δ_u computed from `start` on that user's (≤ k) examples.
 
     update="gradient": Δ_u = mean gradient of the loss over the user's examples
@@ -318,7 +322,8 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
     Returns (flat float64 sum, number of users clipped, per-user pre-clip norms).
     The model's trainable weights are left at `start`. `autocast` applies to update="gradient" (as in
     `per_example_grads`); local steps run in the model's dtype. `losses` (update="gradient" only): the
-    per-example losses of the stacked examples, in order, as in `per_example_grads`.
+    per-example losses of the stacked examples, in order, as in `per_example_grads`. `grid_check`: as in
+    `els_clipped_sum`.
     """
     if update not in ("gradient", "local-steps"):
         raise ValueError(f"update must be 'gradient' or 'local-steps', got {update!r}")
@@ -335,8 +340,11 @@ def uls_clipped_sum(model: nn.Module, user_examples: list[np.ndarray], clip_norm
         per_user = [torch.stack([d[j].reshape(-1) for d in deltas]) for j in range(len(params))]
     norms = torch.sqrt(sum(u.double().pow(2).sum(dim=1) for u in per_user))
     factors = clip_factors(norms, clip_norm, 1e-300)
-    for acc, u in zip(total, per_user):
-        acc += grid_units(factors, u, clip_norm)
+    raw = [torch.zeros_like(t) for t in total] if grid_check is not None else [None] * len(total)
+    for acc, r, u in zip(total, raw, per_user):
+        acc += grid_units(factors, u, clip_norm, r)
+    if grid_check is not None:
+        grid_check.append(measured_grid_loss(raw, total))
     return from_grid_units(total, clip_norm), int((norms > clip_norm).sum()), [float(x) for x in norms.cpu()]
 
 
@@ -347,14 +355,24 @@ def clip_factors(norms: torch.Tensor, clip_norm: float, tiny: float = 1e-300) ->
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 
-def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float) -> torch.Tensor:
+def grid_units(factors: torch.Tensor, records: torch.Tensor, clip_norm: float,
+               raw: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_i of the clipped records factors_i·records_i (rows), each on the grid of `fl_userdp.mechanism.fixed_point`,
     in grid units: float64 integers, whose sum is exact in any order (the torch twin of `scaled_grid_sum`).
-    A non-finite record (factor 0) counts as zero."""
+    A non-finite record (factor 0) counts as zero. `raw`: when given, the same sum off the grid is added to it
+    (to measure what the grid dropped: `fl_userdp.mechanism.fixed_point.grid_loss`)."""
     scale = factors.double() * 2.0 ** grid_exponent(clip_norm)
     scaled = records.to(torch.float64, copy=True).mul_(scale[:, None])   # one float64 copy, then in place
     # a non-finite record has factor 0: its NaN/Inf (or NaN from 0·Inf) become 0, as if zeroed first
-    return torch.nan_to_num_(scaled, nan=0.0, posinf=0.0, neginf=0.0).trunc_().sum(dim=0)
+    scaled = torch.nan_to_num_(scaled, nan=0.0, posinf=0.0, neginf=0.0)
+    if raw is not None:
+        raw += scaled.sum(dim=0)
+    return scaled.trunc_().sum(dim=0)
+
+
+def measured_grid_loss(raw: list[torch.Tensor], units: list[torch.Tensor]) -> float:
+    """`grid_loss` of a sum formed by `grid_units` with `raw` accumulators (both in grid units)."""
+    return grid_loss(flat_numpy(raw), flat_numpy(units))
 
 
 def from_grid_units(sums: list[torch.Tensor], clip_norm: float) -> np.ndarray:

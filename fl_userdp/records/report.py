@@ -33,11 +33,13 @@ METRICS = "metrics.jsonl"
 DIAGNOSTICS = "diagnostics"
 COVERED = ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count", "eval_loss",
            "stop_reason", "unclipped_fraction", "next_clip_norm",  # these two: adaptive clipping's noised count
+           "private_train_loss", "private_clipped_fraction",  # privacy.private-loss: noised and accounted
            "run_id")  # random (fl_userdp.records.release_log.new_run_id), names the run the record belongs to
 GUARANTEE = ("user-level (epsilon, delta)-DP, each mode at its own epsilon (epsilon_all_modes: all modes of the "
              "folder together), covers the weights and checkpoints, the release log, and in "
              "metrics/summary/plot/console: round, mode, epsilon, delta, noise_multiplier, clip_norm, "
-             "expected_count, stop_reason and eval_loss (held-out users); everything under 'diagnostics' is "
+             "expected_count, stop_reason, eval_loss (held-out users) and, with privacy.private-loss, "
+             "private_train_loss and private_clipped_fraction (noised, accounted); everything under 'diagnostics' is "
              "computed from training users' data without noise and is OUTSIDE the guarantee")
 LIMITS = ("it protects the training users (after the held-out split and the data.num-users cap); the population "
           "size and n_k = sum min(n_u, k) are treated as public; when a run stops on node failures or restarts "
@@ -172,6 +174,9 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
             "noise_multiplier": last.get("noise_multiplier"), "clip_norm": last.get("clip_norm"),
             "stop_reason": last.get("stop_reason"),
         }
+        private = [r["private_train_loss"] for r in rows if r.get("private_train_loss") is not None]
+        if private:  # noised and accounted: covered
+            modes[mode]["final_private_train_loss"] = private[-1]
         if publish_diagnostics:
             modes[mode][DIAGNOSTICS] = {
                 "final_train_loss": trains[-1] if trains else None,
@@ -214,6 +219,8 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     cols = ["rounds", "final_eval_loss", "best_eval_loss", "epsilon", "delta", "noise_multiplier", "stop_reason"]
+    if any("final_private_train_loss" in row for row in summary["modes"].values()):
+        cols.insert(3, "final_private_train_loss")
     diag_cols = ["final_train_loss", "mean_users_sampled", "mean_examples_processed", "mean_clipped_fraction",
                  "failures", "wall_time"]
     lines = ["# fl-userdp run summary", "", f"- guarantee: {summary.get('guarantee', guarantee())}"]

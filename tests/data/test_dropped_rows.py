@@ -77,8 +77,8 @@ def run_args(tmp_path, source, *extra):
 
 
 def test_run_console_and_summary_say_what_was_dropped_and_capped(tmp_path, capsys):
-    source = write_jsonl(tmp_path / "d.jsonl")
-    assert main(run_args(tmp_path, source)) == 0
+    source = write_jsonl(tmp_path / "d.jsonl")  # users' own data: diagnostics only when asked for
+    assert main(run_args(tmp_path, source, "--set", "privacy.publish-diagnostics=true")) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip().startswith("data ")]
     cap = "data.num-users 5000 > 3 users in the source (after 1 held out): using 3"
     assert len(err) == 1 and "dropped 5 rows" in err[0] and cap in err[0]
@@ -88,9 +88,10 @@ def test_run_console_and_summary_say_what_was_dropped_and_capped(tmp_path, capsy
     assert "dropped 5 rows" in (tmp_path / "run" / "summary.md").read_text()
 
 
-def test_unpublished_diagnostics_leave_the_dropped_counts_out(tmp_path, capsys):
+@pytest.mark.parametrize("publish", ["false", "auto"])  # auto: off for users' own data
+def test_unpublished_diagnostics_leave_the_dropped_counts_out(tmp_path, capsys, publish):
     source = write_jsonl(tmp_path / "d.jsonl")
-    assert main(run_args(tmp_path, source, "--set", "privacy.publish-diagnostics=false")) == 0
+    assert main(run_args(tmp_path, source, "--set", f"privacy.publish-diagnostics={publish}")) == 0
     err = capsys.readouterr().err
     assert "dropped" not in err and "using 3" in err
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
