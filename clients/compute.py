@@ -131,7 +131,8 @@ class Worker:
         check = grid_check(self, cfg)
         total, clipped, _ = uls_clipped_sum(self.model, data, cfg.privacy.clip_norm, t.update, t.local_steps,
                                             t.local_lr, t.local_batch_size, weights, pad_id=self.pad_id,
-                                            autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check)
+                                            autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check,
+                                            chunk_size=t.physical_batch_size)
         loss = None
         if with_loss and data:  # mean loss of each user's examples, summed over users
             each = flat_numpy(losses) if losses is not None else self._losses(np.concatenate(data))
@@ -150,7 +151,8 @@ class Worker:
         losses = [] if with_loss else None  # from the gradients' own forward, no second pass
         check = grid_check(self, cfg)
         total, clipped = els_clipped_sum(self.model, examples, cfg.privacy.clip_norm, pad_id=self.pad_id,
-                                         autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check)
+                                         autocast=cfg.model.autocast == "bf16", losses=losses, grid_check=check,
+                                         chunk_size=cfg.train.physical_batch_size)
         loss = example_loss_sum(cfg, flat_numpy(losses)) if with_loss and len(examples) else None
         return Contribution(total, len(parts), int(len(examples)), clipped, loss, measured(check))
 

@@ -45,7 +45,7 @@ class TaskWorker:
         counts = np.asarray(self.corpus.counts)
         data = [self._rows(u, uls_example_ids(self.seed, rnd, int(u), int(counts[u]), k)) for u in users]
         total, clipped, _ = uls_clipped_sum(self.task, data, cfg.privacy.clip_norm, t.update, t.local_steps,
-                                            t.local_lr, t.local_batch_size, weights)
+                                            t.local_lr, t.local_batch_size, weights, chunk_size=t.physical_batch_size)
         loss = None
         nonempty = [d for d in data if len(d)]
         if with_loss and nonempty:  # mean loss of each user's rows, summed over users
@@ -64,7 +64,8 @@ class TaskWorker:
         if not parts:
             return Contribution(np.zeros(sum(int(np.prod(s)) for s in self.shapes)), len(users), 0, 0, None)
         rows = np.concatenate(parts)
-        total, clipped = els_clipped_sum(self.task, rows, cfg.privacy.clip_norm)
+        total, clipped = els_clipped_sum(self.task, rows, cfg.privacy.clip_norm,
+                                         chunk_size=cfg.train.physical_batch_size)
         loss = example_loss_sum(cfg, per_example_losses(self.task, rows)) if with_loss else None
         return Contribution(total, len(users), int(len(rows)), clipped, loss)
 

@@ -56,6 +56,9 @@ class TrainConfig:
     local_steps: int = 1              # τ for local-steps mode
     local_lr: float = 0.1
     local_batch_size: int = 8
+    physical_batch_size: int = 64     # rows per per-example-gradient forward (ELS, ULS gradient mode): every
+                                      # forward has exactly this many (short ones padded), so a record's
+                                      # gradient is the same bits on any node; lower it when nodes hold few records
     eval_every: int = 2
     eval_examples: int = 256
 
@@ -288,6 +291,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(t.local_steps >= 1, "train.local-steps", t.local_steps, "must be >= 1")
     need(0 < t.local_lr < math.inf, "train.local-lr", t.local_lr, "must be > 0")
     need(t.local_batch_size >= 1, "train.local-batch-size", t.local_batch_size, "must be >= 1")
+    need(1 <= t.physical_batch_size <= 65536, "train.physical-batch-size", t.physical_batch_size,
+         "must be in [1, 65536] (rows per forward)")
     need(t.eval_every >= 0, "train.eval-every", t.eval_every, "must be >= 0")
     need(t.eval_examples >= 1, "train.eval-examples", t.eval_examples, "must be >= 1")
     for key, val in (("model.vocab-size", m.vocab_size), ("model.hidden-size", m.hidden_size),
@@ -304,6 +309,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(m.autocast in ("none", "bf16"), "model.autocast", m.autocast, "must be 'none' or 'bf16'")
     need(m.autocast == "none" or (m.name != "linear" and not is_task_spec(m.name)), "model.autocast",
          m.autocast, f"applies to the language-model path only, not model.name {m.name!r}")
+    need(m.autocast == "none" or m.dtype == "float32", "model.autocast", m.autocast,
+         f"needs model.dtype 'float32' (autocast computes float32 weights in bfloat16), not {m.dtype!r}")
     need(m.name in ("tiny", "linear") or Path(m.name).exists() or is_task_spec(m.name), "model.name", m.name,
          "must be 'tiny', 'linear', an existing local path or a task factory 'package.module:factory'")
     need(m.dim >= 1, "model.dim", m.dim, "must be >= 1")

@@ -74,7 +74,7 @@ from ..errors import ConfigError
 from .model import get_trainable, set_trainable, trainable_params
 from .opacus_compat import import_opacus
 from .pretrained import resolve_device
-from .updates import clip_factors, from_grid_units, grid_units
+from .updates import add_by_user, clip_factors, from_grid_units, grid_units, padded_chunks
 
 KEY = "model.name"
 DEFAULT_CHUNK = 256
@@ -383,8 +383,8 @@ def els_clipped_sum(task: LoadedTask, rows: np.ndarray, clip_norm: float,
     params = [p for _, p in trainable_params(task.module)]
     total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     clipped = 0
-    for lo in range(0, len(rows), chunk_size):
-        grads = per_example_grads(task, as_batch(task.module, rows[lo:lo + chunk_size]))
+    for _, n, batch in padded_chunks(rows, chunk_size):  # one shape for every forward (see padded_chunks)
+        grads = [g[:n] for g in per_example_grads(task, as_batch(task.module, batch))]
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
         factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
@@ -434,11 +434,11 @@ def uls_clipped_sum(task: LoadedTask, user_rows: list[np.ndarray], clip_norm: fl
         nonempty = [r for r in user_rows if len(r)]
         if nonempty:
             stacked = np.concatenate(nonempty)
-            owner = torch.as_tensor(np.repeat(np.arange(len(user_rows)), counts), device=params[0].device)
-            for lo in range(0, len(stacked), chunk_size):
-                grads = per_example_grads(task, as_batch(task.module, stacked[lo:lo + chunk_size]))
-                for acc, g in zip(per_user, grads):
-                    acc.index_add_(0, owner[lo:lo + chunk_size], g.reshape(g.shape[0], -1).double())
+            owner = np.repeat(np.arange(len(user_rows)), counts)
+            rank = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            for lo, n, batch in padded_chunks(stacked, chunk_size):
+                grads = [g[:n] for g in per_example_grads(task, as_batch(task.module, batch))]
+                add_by_user(per_user, grads, owner[lo:lo + n], rank[lo:lo + n])
         denom = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float64, device=params[0].device)
         per_user = [u / denom[:, None] for u in per_user]
     elif update == "local-steps":

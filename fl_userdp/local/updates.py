@@ -21,6 +21,13 @@ module-level full backward hooks: ~1.05-1.1x a plain backward instead of
 a device move after `get_peft_model`; we move before), the tests compare both
 methods with a loop of batch-1 backward passes.
 
+Every per-example-gradient forward has exactly `chunk_size` rows
+(`train.physical-batch-size`; a short chunk is padded with copies of its first
+row, `padded_chunks`) and a user's rows are summed one at a time in their order
+(`add_by_user`): kernels are chosen by shape, so this is what makes a record's
+clipped gradient — and so a node's exact grid sum — the same bits whatever
+`sim.users-per-node` or the backend puts beside it, in every precision.
+
 Every returned vector is flat float64 in the order of `model.get_trainable`
 (see `fl_userdp.local.model`).
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -231,6 +239,52 @@ def flat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
 
 
+def padded_chunks(rows: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, n, batch): rows lo..lo+n of `rows` in chunks of `size`, each batch exactly `size` rows (a short
+    chunk filled up with copies of its first row, whose results the caller drops).
+
+    A record's per-example gradient must not depend on which other records share its batch, or a node's sum
+    (and the noise keyed by the round's sum) would change with `sim.users-per-node` or the backend. Kernels are
+    chosen by shape: under bfloat16 autocast on CPU a 16-row matmul rounds differently from a 1,024-row one
+    (and float32 ones differ at 1 row), so a user alone on its node got other bits than in a full chunk. With
+    one shape for every call, a row's result depends on that row only (tests/server/test_sharding_bits.py
+    checks positions, neighbours and thread counts); the cost is up to size − 1 padded rows per node and round
+    (`train.physical-batch-size`).
+    """
+    for lo in range(0, len(rows), size):
+        batch = rows[lo:lo + size]
+        n = len(batch)
+        if n < size:
+            batch = np.concatenate([batch, np.repeat(batch[:1], size - n, axis=0)])
+        yield lo, n, batch
+
+
+def add_by_user(sums: list[torch.Tensor], grads: list[torch.Tensor], owner: np.ndarray, rank: np.ndarray) -> None:
+    """sums[j][owner[i]] += grads[j][i] for every row i, a user's rows added one at a time in `rank` order.
+
+    The same float additions in the same order wherever chunk boundaries fall (`index_add_` may group a user's
+    rows, and adds atomically in any order on CUDA): one pass per rank, one row per user in each."""
+    device = sums[0].device if sums else None
+    for r in np.unique(rank):
+        rows = np.flatnonzero(rank == r)
+        dst, src = torch.as_tensor(owner[rows], device=device), torch.as_tensor(rows, device=device)
+        for acc, g in zip(sums, grads):
+            acc[dst] += g.reshape(g.shape[0], -1)[src].to(acc.dtype)
+
+
+def chunk_grads(model: nn.Module, examples: np.ndarray, chunk_size: int = DEFAULT_CHUNK,
+                method: str = DEFAULT_METHOD, pad_id: int | None = None, autocast: bool = False,
+                losses: list | None = None) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """(lo, per-example gradients of rows lo.. of `examples`), every forward exactly `chunk_size` rows
+    (`padded_chunks`); `losses` as in `per_example_grads`, the real rows' only."""
+    for lo, n, rows in padded_chunks(np.asarray(examples, dtype=np.int64), chunk_size):
+        own = [] if losses is not None else None
+        grads = per_example_grads(model, as_tokens(model, rows), method, pad_id, autocast, own)
+        if losses is not None:
+            losses.extend(loss[:n] for loss in own)
+        yield lo, [g[:n] for g in grads]
+
+
 def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
                     chunk_size: int = DEFAULT_CHUNK, method: str = DEFAULT_METHOD,
                     pad_id: int | None = None, autocast: bool = False,
@@ -245,9 +299,7 @@ def els_clipped_sum(model: nn.Module, examples: np.ndarray, clip_norm: float,
     total = [torch.zeros(p.numel(), dtype=torch.float64, device=p.device) for p in params]
     raw = [torch.zeros_like(t) for t in total] if grid_check is not None else [None] * len(total)
     clipped = 0
-    for lo in range(0, examples.shape[0], chunk_size):
-        grads = per_example_grads(model, as_tokens(model, examples[lo:lo + chunk_size]), method, pad_id, autocast,
-                                  losses)
+    for _, grads in chunk_grads(model, examples, chunk_size, method, pad_id, autocast, losses):
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1) for g in grads))
         factors = clip_factors(norms, clip_norm)
         clipped += int((norms > clip_norm).sum())
@@ -269,13 +321,10 @@ def _user_mean_grads(model: nn.Module, user_examples: list[np.ndarray], chunk_si
     nonempty = [np.asarray(e, dtype=np.int64).reshape(-1, np.asarray(e).shape[-1]) for e in user_examples if len(e)]
     if nonempty:
         stacked = np.concatenate(nonempty)
-        owner = torch.as_tensor(np.repeat(np.arange(num_users), counts), device=params[0].device)
-        for lo in range(0, stacked.shape[0], chunk_size):
-            grads = per_example_grads(model, as_tokens(model, stacked[lo:lo + chunk_size]), method, pad_id,
-                                      autocast, losses)
-            who = owner[lo:lo + chunk_size]
-            for acc, g in zip(sums, grads):
-                acc.index_add_(0, who, g.reshape(g.shape[0], -1))
+        owner = np.repeat(np.arange(num_users), counts)
+        rank = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)  # position in its user
+        for lo, grads in chunk_grads(model, stacked, chunk_size, method, pad_id, autocast, losses):
+            add_by_user(sums, grads, owner[lo:lo + chunk_size], rank[lo:lo + chunk_size])
     denom = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32, device=sums[0].device if sums else None)
     return [s / denom[:, None] for s in sums]
 
@@ -401,5 +450,6 @@ def eval_loss(model: nn.Module, examples: np.ndarray, batch_size: int = 64, pad_
     return total / max(tokens_counted, 1.0)
 
 
-__all__ = ["per_example_loss", "target_mask", "per_example_grads", "els_clipped_sum", "uls_clipped_sum", "eval_loss",
-           "clip_factors", "grid_units", "from_grid_units", "flat_numpy", "get_trainable", "set_trainable"]
+__all__ = ["per_example_loss", "target_mask", "per_example_grads", "chunk_grads", "padded_chunks", "add_by_user",
+           "els_clipped_sum", "uls_clipped_sum", "eval_loss", "clip_factors", "grid_units", "from_grid_units",
+           "flat_numpy", "get_trainable", "set_trainable"]
