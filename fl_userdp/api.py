@@ -260,7 +260,7 @@ def _write_outputs(cfg: RunConfig, runs: dict[str, ModeRun], setup, extra: Mappi
     base = {"seed": cfg.seed, "config": to_flat(cfg), "noise_multipliers": {m: r.noise_multiplier for m, r in runs.items()},
             "stop_reasons": stops, "data": report.data_entry(getattr(setup, "data", None), publish)}
     if "els" in runs:  # q·Σ min(n_u, k): public by assumption, as ELS's expected count
-        base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum())
+        base["expected_examples_per_step"] = q * float(np.minimum(setup.counts, k).sum()) / cfg.privacy.bands
     summary = report.summarize(records, {**base, **dict(extra or {})}, publish, secure_mode(cfg),
                                banded=cfg.privacy.mechanism == "bandmf" and cfg.privacy.bands > 1)
     report.write_summary(cfg.out, summary)

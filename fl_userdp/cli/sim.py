@@ -89,6 +89,7 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
         setup = prepare(cfg, modes, resume=a.resume)
     q, k = cfg.privacy.sampling_rate, cfg.privacy.max_examples_per_user
     per_step = q * float(sum(min(int(n), k) for n in setup.counts))  # ELS's expected count: public by assumption
+    per_step /= cfg.privacy.bands  # cyclic groups (privacy.bands > 1): a step draws from one of b groups, on average
     console.print(f"[bold]{name}[/]: {len(setup.counts)} users, {-(-len(setup.counts) // cfg.sim.users_per_node)} "
                   f"nodes, {cfg.train.rounds} rounds, q={q:g}, k={k}, C={cfg.privacy.clip_norm:g}"
                   + (f", expected examples/step {per_step:.1f}" if "els" in modes else ""))
