@@ -1,4 +1,4 @@
-"""User-level DP for existing Flower apps (Message API, Flower 1.42): a wrapper of any strategy.
+"""User-level DP for existing Flower apps (Message API, Flower 1.35 to 1.42): a wrapper of any strategy.
 
 Wrap the strategy your `ServerApp` already has — FedAvg, FedAdam, FedYogi, FedProx, or your own subclass with its
 own `start()` (results files, checkpoints, W&B) — and keep calling `start`:

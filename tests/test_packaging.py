@@ -73,3 +73,20 @@ def test_a_source_tree_copy_imports_its_own_server_and_clients(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     files = out.stdout.split()
     assert files == [str(tmp_path / "server" / "strategy.py"), str(tmp_path / "clients" / "compute.py")]
+
+
+def test_the_flower_range_is_tested_at_both_ends():
+    """pyproject.toml's Flower range: its lower end is the version .ci/run installs after the suite to run the
+    drop-in's tests again, its upper end lies just above the version the suite runs with (constraints.txt)."""
+    import re
+
+    from packaging.version import Version
+
+    (flwr,) = [d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+               if d.startswith("flwr")]
+    lower, upper = (Version(re.search(rf"{op}\s*([\d.]+)", flwr).group(1)) for op in (">=", "<"))
+    assert lower < Version("1.42"), flwr   # a range, not one version
+    ci = re.search(r'pip install -q "flwr\[simulation\]==([\d.]+)"', (ROOT / ".ci" / "run").read_text())
+    assert ci and Version(ci.group(1)) == lower, "the lower end is not what CI tests"
+    pinned = Version(re.search(r"^flwr==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1))
+    assert lower < pinned < upper and upper.release[:2] == (pinned.major, pinned.minor + 1)

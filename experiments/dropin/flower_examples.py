@@ -148,11 +148,12 @@ def local_superlink_busy() -> bool:
     """Whether a local SuperLink (ours or another FLWR_HOME's) answers on Flower's fixed local port."""
     import socket
 
-    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
+    from flwr.cli import constant   # the port's name differs across Flower versions (1.35: the Control API's)
 
+    port = getattr(constant, "LOCAL_SUPERLINK_HTTP_API_PORT", None) or getattr(constant, "LOCAL_CONTROL_API_PORT")
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", int(LOCAL_SUPERLINK_HTTP_API_PORT))) == 0
+        return sock.connect_ex(("127.0.0.1", int(port))) == 0
 
 
 def run_app(example: str, variant: str, workdir: Path, s: Settings = Settings(), model_dir: Path | None = None,
