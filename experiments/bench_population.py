@@ -71,6 +71,24 @@ def config(num_users: int, nodes: int, rounds: int, out: str, cohort: int = COHO
 
 
 # -- ours through Flower ------------------------------------------------------------------------------------
+def measured_transport(base):
+    """`base` (the Flower transport, `fl_userdp.server.app.GridTransport`) noting each node's peak RSS and compute
+    seconds from its reply's metrics; parsing is the base's own (a static `_parse(rep, shapes)`)."""
+
+    class Measured(base):
+        node_rss, node_seconds = 0.0, []
+
+        @staticmethod
+        def _parse(rep, shapes):
+            if not rep.has_error():
+                m = rep.content["metrics"]
+                Measured.node_rss = max(Measured.node_rss, float(m.get("max-rss-mb", 0.0)))
+                Measured.node_seconds.append(float(m["seconds"]))
+            return base._parse(rep, shapes)
+
+    return Measured
+
+
 def run_ours(cfg, warmup: int) -> dict:
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -81,16 +99,7 @@ def run_ours(cfg, warmup: int) -> dict:
     from fl_userdp.server.runner import prepare, run_mode
     from fl_userdp.server.simulate import backend_config
 
-    class Measured(GridTransport):
-        node_rss, node_seconds = 0.0, []
-
-        def _parse(self, rep):
-            if not rep.has_error():
-                m = rep.content["metrics"]
-                Measured.node_rss = max(Measured.node_rss, float(m.get("max-rss-mb", 0.0)))
-                Measured.node_seconds.append(float(m["seconds"]))
-            return GridTransport._parse(rep)
-
+    Measured = measured_transport(GridTransport)
     setup = prepare(cfg)
     nodes = math.ceil(cfg.data.num_users / cfg.sim.users_per_node)
     stamps, recs, out = [], [], {}
@@ -177,6 +186,17 @@ def cohorts(cfg, rounds: int) -> list[np.ndarray]:
     return [np.concatenate([r.users for r in s.sample(t).values()]) for t in range(1, rounds + 1)]
 
 
+def sum_tolerance(records: int, clip_norm: float) -> float:
+    """How far a node's sum (`vec_lazy`, `numpy_lazy`: each clipped record put on the fixed-point grid of
+    `fl_userdp.mechanism.fixed_point`, coordinates truncated toward zero to multiples of u = grid_unit(C), and
+    clipped to record_clip_norm(C) = C·(1 − 2^-40)) may lie from the plain float sums of the same records, per
+    coordinate: at most u per record from the truncation, at most C·2^-40 per record from the clip margin,
+    plus float rounding (1e-9). At a cohort of 1,000 and C = 1 that is ~9.3e-7 (the measured gap: ~2.5e-7)."""
+    from fl_userdp.mechanism.fixed_point import CLIP_MARGIN, grid_unit
+
+    return records * (grid_unit(clip_norm) + clip_norm * CLIP_MARGIN) + 1e-9
+
+
 def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
     import torch
 
@@ -228,8 +248,9 @@ def run_plain(cfg, cohort_list: list[np.ndarray]) -> dict:
         t0 = time.perf_counter()
         totals["numpy_lazy"] = worker.uls_loop(cfg, [w], rnd, users).total
         res["numpy_lazy"].append(time.perf_counter() - t0)
-        same = all(np.allclose(v, totals["vec"], rtol=1e-9, atol=1e-9) for v in totals.values())
-        assert same, {k_: float(np.abs(v - totals["vec"]).max()) for k_, v in totals.items()}
+        tol = sum_tolerance(users.size, C)
+        gaps = {k_: float(np.abs(v - totals["vec"]).max()) for k_, v in totals.items()}
+        assert all(g <= tol for g in gaps.values()), (gaps, tol)
     n = float(np.mean([u.size for u in cohort_list]))
     return {k_: n / statistics.median(v) for k_, v in res.items()}
 

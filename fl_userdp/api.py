@@ -114,7 +114,9 @@ def _rounds(records: list) -> str:
 
 
 def _eps(value: float | None) -> str:
-    return "inf" if value is None or value == float("inf") else f"{value:.4g}"
+    from .records.report import eps_up  # rounded up: never below the ledger's value
+
+    return eps_up(value)
 
 
 def as_config(config: RunConfig | Mapping[str, Any] | None) -> RunConfig:

@@ -25,7 +25,7 @@ class PrivacyConfig:
     clip_norm: float = 1.0            # C
     noise_multiplier: float | None = None  # σ; None -> calibrated from target_epsilon
     target_epsilon: float = 8.0       # used when noise_multiplier is None
-    delta: float = 1e-5
+    delta: float = 1e-5               # δ of the user-level (ε, δ) guarantee
     sampling_rate: float = 0.03125    # users (ULS) or kept examples (ELS)
     max_examples_per_user: int = 8    # k
     mechanism: str = "independent"    # "independent" | "bandmf": banded correlated noise (fl_userdp.mechanism.bandmf)
@@ -49,33 +49,33 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = 20
+    rounds: int = 20                  # T: releases (server steps) per mode
     server_optimizer: str = "adam"    # "sgd" | "adam"
-    server_lr: float = 0.05
+    server_lr: float = 0.05           # the server optimizer's learning rate on the noised mean update
     update: str = "gradient"          # ULS: "gradient" | "local-steps"
     local_steps: int = 1              # τ for local-steps mode
-    local_lr: float = 0.1
-    local_batch_size: int = 8
+    local_lr: float = 0.1             # ULS local-steps mode: the users' local SGD learning rate
+    local_batch_size: int = 8         # ULS local-steps mode: examples per local step
     physical_batch_size: int = 64     # rows per per-example-gradient forward (ELS, ULS gradient mode): every
                                       # forward has exactly this many (short ones padded), so a record's
                                       # gradient is the same bits on any node; lower it when nodes hold few records
-    eval_every: int = 2
-    eval_examples: int = 256
+    eval_every: int = 2               # rounds between held-out evaluations (0: never; the last round always)
+    eval_examples: int = 256          # held-out rows evaluated, spread evenly over the held-out users' rows
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"                # "tiny" (built from config), "linear" (numpy linear regression), a local HF folder / .gguf file, or "package.module:factory" (your own task: fl_userdp.local.task)
     vocab_size: int = 128             # tiny model only
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    seq_len: int = 32
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
+    hidden_size: int = 64             # tiny model only
+    num_layers: int = 2               # tiny model only
+    num_heads: int = 4                # tiny model only
+    seq_len: int = 32                 # tokens per row: one example is one row of this many tokens (k caps rows)
+    lora_rank: int = 8                # LoRA rank of the adapters (the trainable weights)
+    lora_alpha: float = 8.0           # LoRA scaling alpha
     lora_targets: str = "auto"        # comma-separated module names, or "auto"
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "float32"            # the model's weights dtype: float32 | bfloat16 | float16
+    device: str = "cpu"               # "cpu" | "cuda[:N]" | "auto"
     autocast: str = "none"            # "none" | "bf16": forward/backward under bfloat16 autocast; clipping and sums in float32
     dim: int = 64                     # linear model only: number of features (and weights)
     init_weights: str = ""            # tiny model only: a torch state-dict file of the base model (a warm start); "" = random weights from the seed
@@ -84,22 +84,22 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"         # "synthetic" or a path to a user-partitioned dataset
-    num_users: int = 1024
-    heldout_users: int = 32
-    examples_per_user_median: float = 12.0
+    num_users: int = 1024             # training users (a cap for a data source holding more)
+    heldout_users: int = 32           # users kept out of training, for the held-out eval_loss
+    examples_per_user_median: float = 12.0 # synthetic data: median examples per user (n_u log-normal)
     examples_per_user_sigma: float = 1.0   # log-normal spread of n_u
     user_diversity: float = 0.5       # 0: a user's examples come from one topic; 1: from a personal mix of all topics
     example_similarity: float = 0.0   # synthetic text: chance each token of a user's example copies the user's template row (1: all rows alike)
-    user_column: str = "user"
-    text_column: str = "text"
+    user_column: str = "user"         # JSONL / CSV / Parquet / datasets sources: the user id column
+    text_column: str = "text"         # JSONL / CSV / Parquet / datasets sources: the text column
     split_seed: int = -1              # seed of the held-out/training split of a text source; < 0: the run's seed (fixes the population across seeds)
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    users_per_node: int = 256
+    users_per_node: int = 256         # U: users hosted by one Flower node (node p: users [p·U, (p+1)·U))
     ray_address: str = ""             # "" starts a local Ray; "auto" or host:port attaches
-    cpus_per_node: float = 1.0
+    cpus_per_node: float = 1.0        # Ray CPUs per node: one node runs per this many CPUs at a time
     num_cpus: int = 2                 # for a locally started Ray
     reply_timeout: float = 300.0      # seconds; late replies count as failures
     max_failed_fraction: float = 0.5  # a round "fails" when more than this fraction of its nodes fail...
@@ -109,8 +109,8 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = 0
-    out: str = "runs/latest"
+    seed: int = 0                     # the run's seed: data, initialisation and, unless secure mode, cohorts and noise
+    out: str = "runs/latest"          # output folder (metrics.jsonl, summary.json/.md, plot.png, checkpoints, release logs)
     checkpoint_every: int = 0         # rounds; 0 = only at the end
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -194,10 +194,12 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_config(dict(context.run_config))
     results = serve(grid, cfg, [cfg.privacy.mode])
     records = [r for res in results for r in res.records]
-    report.write_summary(cfg.out, report.summarize(records, {"stop_reasons": [r.stop_reason for r in results
-                                                                               if r.stop_reason],
-                                                             "run_id": results[0].run_id},
-                                                   publish_diagnostics(cfg), secure_mode(cfg)))
+    summary = report.summarize(records, {"stop_reasons": [r.stop_reason for r in results if r.stop_reason],
+                                         "run_id": results[0].run_id, "seed": cfg.seed},
+                               publish_diagnostics(cfg), secure_mode(cfg),
+                               banded=cfg.privacy.mechanism == "bandmf" and cfg.privacy.bands > 1)
+    report.write_summary(cfg.out, summary)
     for res in results:
         print(f"[fl-userdp] {res.mode}: {len(res.records)} rounds, epsilon={res.epsilon:.4g} "
               f"(delta={cfg.privacy.delta:g}), outputs in {cfg.out}" + (f"; {res.stop_reason}" if res.stop_reason else ""))
+    print(f"[fl-userdp] {summary['guarantee_line']}")

@@ -149,7 +149,7 @@ def _simulate_and_report(cfg: RunConfig, modes: list[str], a: argparse.Namespace
                       f"at δ = {cfg.privacy.delta:g}")
     took = f" in {time.perf_counter() - t0:.0f} s (a diagnostic)" if publish else ""
     console.print(f"wrote {out / report.METRICS}, {out / 'summary.md'}, {out / 'plot.png'}{took}")
-    console.print(f"[dim]{res.summary['guarantee']}[/]")
+    console.print(res.summary["guarantee_line"], markup=False, soft_wrap=True)  # in full: summary.json
     if any(run.failed for run in res.modes.values()):  # the failure policy stopped a mode: resumable
         console.print("[red]stopped by node failures[/]: the state is saved; fix the cluster and continue with "
                       "--resume")

@@ -55,12 +55,45 @@ BANDED = ("BANDED noise (privacy.mechanism 'bandmf'): the checkpoints (checkpoin
           "SECRET, not covered; keep them private and publish only the other outputs")
 
 
+GUARANTEE_DOCS = "docs/concepts.md#what-the-guarantee-covers"  # where the statement is explained in full
+
+
 def guarantee(publish_diagnostics: bool = True, secure_mode: bool = False, banded: bool = False) -> str:
-    """The guarantee statement written into every summary (and shown by `fl-userdp` at the end of a run)."""
+    """The full guarantee statement: summary.json's `guarantee` and the end of summary.md."""
     head = GUARANTEE if publish_diagnostics else GUARANTEE.split("; everything")[0] + "; no diagnostics were published"
     if banded:
         head = head.replace("the weights and checkpoints,", "the weights,")
     return f"{head}. Limits: {LIMITS}. {SECURE if secure_mode else SEEDED}." + (f" {BANDED}." if banded else "")
+
+
+def eps_up(value: float | None, digits: int = 4) -> str:
+    """ε for a person to read, rounded *up* to `digits` significant digits (never below the ledger's value);
+    None or infinite -> "inf"."""
+    if value is None or not math.isfinite(value):
+        return "inf"
+    if value <= 0:
+        return "0"
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return f"{math.ceil(value * scale) / scale:.{digits}g}"
+
+
+def guarantee_line(epsilons: dict[str, float | None], delta: float | None, epsilon_all_modes: float | None = None,
+                   publish_diagnostics: bool = True, secure_mode: bool = False, banded: bool = False,
+                   seed: int | None = None) -> str:
+    """The guarantee in one line, shown at the end of a run and at the top of summary.md: the modes and their ε
+    (and all modes together), δ, what is covered, whether diagnostics are published outside it, seeded or
+    secure, and where the full statement is (`guarantee`)."""
+    eps = ", ".join(f"{mode.upper()} ε = {eps_up(e)}" for mode, e in epsilons.items()) or "no release"
+    if epsilon_all_modes is not None and len(epsilons) > 1:
+        eps += f", all modes together ε = {eps_up(epsilon_all_modes)}"
+    at = "" if delta is None else f" at δ = {delta:g}"
+    covered = ("the weights, release log and released fields (checkpoints and secret-noise-<mode>/ are SECRET)"
+               if banded else "the weights, checkpoints, release log and released fields")
+    diag = "diagnostics outside" if publish_diagnostics else "no diagnostics published"
+    rand = "secure (OS randomness)" if secure_mode else \
+        f"seeded{'' if seed is None else f' (seed {seed})'}: research only, the seed is the noise's key"
+    return (f"guarantee: user-level (ε, δ)-DP{at} (add or remove one user): {eps}; covers {covered}; {diag}; "
+            f"{rand}; full statement: summary.json 'guarantee', {GUARANTEE_DOCS}")
 
 
 def split_record(record: dict[str, Any], publish_diagnostics: bool = True) -> dict[str, Any]:
@@ -187,8 +220,12 @@ def summarize(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = 
                 "rejected": sum(r.get("rejected") or 0 for r in rows),
                 "wall_time": sum(r.get("wall_time") or 0.0 for r in rows),
             }
-    return {"guarantee": guarantee(publish_diagnostics, secure_mode, banded), "modes": modes,
-            **(extra or {})}
+    extra = dict(extra or {})
+    delta = next((row["delta"] for row in modes.values() if row.get("delta") is not None), None)
+    line = guarantee_line({m: row["epsilon"] for m, row in modes.items()}, delta, extra.get("epsilon_all_modes"),
+                          publish_diagnostics, secure_mode, banded, None if secure_mode else extra.get("seed"))
+    return {"guarantee_line": line, "guarantee": guarantee(publish_diagnostics, secure_mode, banded),
+            "modes": modes, **extra}
 
 
 def data_entry(data: dict[str, Any] | None, publish_diagnostics: bool = True) -> dict[str, Any] | None:
@@ -223,7 +260,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         cols.insert(3, "final_private_train_loss")
     diag_cols = ["final_train_loss", "mean_users_sampled", "mean_examples_processed", "mean_clipped_fraction",
                  "failures", "wall_time"]
-    lines = ["# fl-userdp run summary", "", f"- guarantee: {summary.get('guarantee', guarantee())}"]
+    line = summary.get("guarantee_line") or guarantee_line(
+        {m: row.get("epsilon") for m, row in summary["modes"].items()},
+        next((row.get("delta") for row in summary["modes"].values()), None), summary.get("epsilon_all_modes"))
+    lines = ["# fl-userdp run summary", "", line, ""]
     for key in ("command", "commit", "seed", "epsilon_all_modes", "stop_reasons"):
         if summary.get(key) not in (None, [], ""):
             lines.append(f"- {key}: {summary[key]}")
@@ -239,6 +279,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for mode, row in summary["modes"].items():
             diag = row.get(DIAGNOSTICS, {})
             lines.append(f"| {mode} | " + " | ".join(_fmt(diag.get(c)) for c in diag_cols) + " |")
+    lines += ["", "## The guarantee in full", "", summary.get("guarantee", guarantee())]
     return "\n".join(lines) + "\n"
 
 

@@ -45,6 +45,17 @@ def test_default_outputs_label_diagnostics(tmp_path, capsys):
         assert "final_train_loss" in row["diagnostics"] and "final_train_loss" not in row
     assert "## Diagnostics (outside the DP guarantee" in (out / "summary.md").read_text()
     assert "outside the DP guarantee" in console.out and "train*" in console.out
+    # the guarantee in one line: the console's last line and the top of summary.md; in full in summary.json
+    line = summary["guarantee_line"]
+    assert "\n" not in line and line.startswith("guarantee: user-level (ε, δ)-DP at δ = 1e-05")
+    eps = {m: report.eps_up(row["epsilon"]) for m, row in summary["modes"].items()}
+    assert f"ULS ε = {eps['uls']}, ELS ε = {eps['els']}, all modes together ε = " in line
+    for part in ("covers the weights, checkpoints, release log and released fields", "; diagnostics outside;",
+                 "seeded (seed 0)", "docs/concepts.md#what-the-guarantee-covers"):
+        assert part in line, part
+    assert console.err.rstrip("\n").splitlines()[-1] == line
+    md = (out / "summary.md").read_text().splitlines()
+    assert md[2] == line and md[-1] == summary["guarantee"] and "Limits:" in summary["guarantee"]
     assert report.read_records(out / report.METRICS)[0]["train_loss"] is not None  # readers get them flat
 
 
@@ -60,7 +71,10 @@ def test_publish_diagnostics_false_writes_only_what_the_guarantee_covers(tmp_pat
     assert "Diagnostics" not in (out / "summary.md").read_text()
     assert "no diagnostics were published" in json.loads((out / "summary.json").read_text())["guarantee"]
     assert "train" not in console.out and "users" not in console.out
-    assert " s (a diagnostic)" not in console.err and "SEEDED run" in console.err
+    assert " s (a diagnostic)" not in console.err
+    line = json.loads((out / "summary.json").read_text())["guarantee_line"]
+    assert "; no diagnostics published; seeded (seed 0): research only" in line
+    assert console.err.rstrip("\n").splitlines()[-1] == line  # the run ends with the guarantee in one line
     for mode in ("uls", "els"):  # the release log holds releases only
         entries = read_log(log_path(out, mode)).releases
         assert entries and all(set(e) <= {*report.COVERED, "event", "kind", "run_id"} for e in entries)
@@ -78,3 +92,21 @@ def test_bad_publish_diagnostics_value(capsys, tmp_path, value):
     assert main([*ARGS, "--out", str(tmp_path / "x"), "--set", f"privacy.publish-diagnostics={value}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "privacy.publish-diagnostics" in err
+
+
+def test_the_guarantee_line_states_each_part_and_never_rounds_epsilon_down():
+    import math
+    import random
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        value = math.exp(rng.uniform(-8, 8))
+        assert float(report.eps_up(value)) >= value
+    assert report.eps_up(7.990604865652603) == "7.991" and report.eps_up(7.9901) == "7.991"
+    assert report.eps_up(None) == report.eps_up(math.inf) == "inf"
+    line = report.guarantee_line({"els": 2.00001}, 1e-6, None, publish_diagnostics=False, secure_mode=True,
+                                 banded=True, seed=3)
+    assert line.startswith("guarantee: user-level (ε, δ)-DP at δ = 1e-06 (add or remove one user): ELS ε = 2.001;")
+    assert "checkpoints and secret-noise-<mode>/ are SECRET" in line and "; no diagnostics published;" in line
+    assert "; secure (OS randomness);" in line and "seed" not in line.split("covers")[1].split("full")[0]
+    assert "all modes" not in line and "\n" not in line
