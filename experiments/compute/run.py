@@ -20,8 +20,11 @@ The design and its tests are fixed in PREREGISTERED.md (committed before the fir
 * **Diversity contrast**: a synthetic population of 2,000 users (random start: the synthetic vocabulary is the
   study's own), independent examples (example-similarity 0) vs near-copies (0.95), T ∈ {25, 100}, ε = 8;
   tuned per mode, cell and T on the cap only (1, 4, 16) at lr 0.01, C 0.5, tuning seed 100.
-* **Few users** (the advisor's ELS cell): 24 synthetic users with about 300 independent examples each, T = 25,
-  ε = 8, cap tuned over (4, 16, 64) at lr 0.01, C 0.5.
+* **Few users** (the advisor's cells): 24 synthetic users with about 300 examples each, independent
+  (`few-users`) or near-copies (`few-users-alike`, similarity 0.95), T = 25, ε = 8, cap tuned over (4, 16, 64)
+  at lr 0.01, C 0.5.
+* **Held-out corpus** (`--stage advisor-cells`, with `few-users-alike`; `heldout_corpus.py` builds it): T = 100,
+  ε ∈ {1, 8}, cap tuned over (1, 4, 16) at lr 0.003, C 0.5, seeds 0-2.
 
 Every finished simulation is one keyed line in results.jsonl: an interrupted study resumes where it stopped.
 """
@@ -55,6 +58,8 @@ DIVERSITY_STEPS, DIVERSITY_USERS, DIVERSITY_EPS = (25, 100), 2000, 8.0
 DIVERSITY_LR = 0.01
 FEW_USERS = {"data.num-users": 24, "data.examples-per-user-median": 300.0, "data.examples-per-user-sigma": 0.3}
 FEW_CAPS, FEW_STEPS = (4, 16, 64), 25
+HELDOUT = Path.home() / ".cache/fl-userdp/heldout/corpus.jsonl"   # experiments/compute/heldout_corpus.py
+HELDOUT_STEPS, HELDOUT_LR, HELDOUT_SEEDS = 100, 0.003, (0, 1, 2)
 
 
 def base_config(corpus: str, seed: int, split: int = 0) -> dict:
@@ -63,8 +68,12 @@ def base_config(corpus: str, seed: int, split: int = 0) -> dict:
     if corpus == "shakespeare":
         cfg.update({"data.source": "shakespeare", "data.num-users": 1289, "data.split-seed": split,
                     "model.init-weights": str(WARM)})
-    elif corpus == "few-users":
-        cfg.update({**FEW_USERS, "data.heldout-users": 8})
+    elif corpus in ("few-users", "few-users-alike"):
+        cfg.update({**FEW_USERS, "data.heldout-users": 8,
+                    "data.example-similarity": 0.95 if corpus == "few-users-alike" else 0.0})
+    elif corpus == "heldout":
+        cfg.update({"data.source": str(HELDOUT), "data.num-users": 100_000, "data.heldout-users": 32,
+                    "data.split-seed": split, "model.init-weights": str(WARM), "privacy.publish-diagnostics": True})
     else:
         cfg.update({"data.num-users": DIVERSITY_USERS, "data.example-similarity": DIVERSITY[corpus]})
     return cfg
@@ -74,12 +83,12 @@ _COUNTS: dict = {}
 
 
 def counts_of(corpus: str, seed: int, split: int) -> np.ndarray:
-    key = (corpus, seed if corpus != "shakespeare" else None, split)
+    key = (corpus, seed if corpus not in ("shakespeare", "heldout") else None, split)
     if key not in _COUNTS:
         from fl_userdp.config import parse_config
         from fl_userdp.data import load_corpus
         cfg = parse_config(base_config(corpus, seed, split))
-        if corpus == "shakespeare":
+        if corpus in ("shakespeare", "heldout"):
             _COUNTS[key] = np.asarray(load_corpus(cfg.data, cfg.model, seed).counts)
         else:
             from fl_userdp.data.synthetic_text import population_counts
@@ -218,14 +227,14 @@ def shakespeare(study: Study, stage: str) -> None:
         study.run(batch)
 
 
-def capped(study: Study, cells: list[tuple], caps: tuple, lr: float) -> None:
+def capped(study: Study, cells: list[tuple], caps: tuple, lr: float, seeds: tuple = REPORT_SEEDS) -> None:
     """Cells tuned on the cap only (at `lr`, C = CLIP0, tuning seed 100), then the reporting seeds."""
     loss = study.run({tune_key(*c, lr, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, lr, cap, CLIP0)
                       for c in cells for cap in caps})
     chosen = {c: min(caps, key=lambda cap: loss[tune_key(*c, lr, cap, CLIP0, 100)]) for c in cells}
     for c in cells:
         print("tuned", c, chosen[c], flush=True)
-    for seed in REPORT_SEEDS:
+    for seed in seeds:
         study.run({f"report|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|seed{seed}": run_config(
             c[0], c[1], c[2], c[3], seed, lr, chosen[c], CLIP0) for c in cells})
 
@@ -235,15 +244,22 @@ def diversity(study: Study) -> None:
            CAPS, DIVERSITY_LR)
 
 
-def few_users(study: Study) -> None:
-    """The advisor's ELS cell: 24 users with about 300 independent examples each, T = 25, ε = 8."""
-    capped(study, [("few-users", m, 8.0, FEW_STEPS) for m in ("uls", "els")], FEW_CAPS, DIVERSITY_LR)
+def few_users(study: Study, corpus: str = "few-users") -> None:
+    """The advisor's cells: 24 users with about 300 examples each (independent, or near-copies), T = 25, ε = 8."""
+    capped(study, [(corpus, m, 8.0, FEW_STEPS) for m in ("uls", "els")], FEW_CAPS, DIVERSITY_LR)
+
+
+def heldout(study: Study) -> None:
+    """The advisor's held-out corpus (nobody tunes on it): T = 100, ε ∈ {1, 8}, cap tuned, three seeds."""
+    capped(study, [("heldout", m, e, HELDOUT_STEPS) for e in EPSILONS for m in ("uls", "els")], CAPS, HELDOUT_LR,
+           HELDOUT_SEEDS)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--stage", default="all", choices=("tune", "report", "diversity", "few-users", "all"))
+    ap.add_argument("--stage", default="all",
+                    choices=("tune", "report", "diversity", "few-users", "advisor-cells", "all"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     study = Study(args.jobs, args.out)
@@ -253,6 +269,9 @@ def main() -> int:
         diversity(study)
     if args.stage in ("few-users", "all"):
         few_users(study)
+    if args.stage == "advisor-cells":       # amendment 2: run apart, into their own results file
+        few_users(study, "few-users-alike")
+        heldout(study)
     return 0
 
 

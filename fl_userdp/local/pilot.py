@@ -10,6 +10,8 @@
   min(n_u, k) rows of a seeded permutation; examples weighted equally, as ELS sums them);
 * `user_cosine[G]`: the mean cosine of each user's mean gradient over min(n_u, G) of those rows
   (users weighted equally, as ULS sums them). Clipping scales a vector and leaves both cosines alone;
+* `records`: per pilot user, its examples' gradient norms and cosines (in the order a cap keeps them) and its
+  mean gradient's norm and cosine per cap: the advisor's clip-norm model and its interval (users resampled);
 * `within_user_share`: Σ‖g_ui − ḡ_u‖² / Σ‖g_ui − ḡ‖² over the pilot rows (g_ui: example i of user u,
   ḡ_u: user u's mean, ḡ: the mean of all pilot rows) — 0 when a user's examples are copies of each
   other, about 1 when they are as varied as the population.
@@ -84,17 +86,22 @@ def measure_pilot(cfg: RunConfig, users: int = 128, caps: tuple[int, ...] = CAPS
     ex_num = {c: 0 for c in caps}
     user_cos = {c: [] for c in caps}
     within = total = 0.0
+    records = []
     for i, r in enumerate(rows):                           # pass 2: cosines against the other half's mean
         other = means[1 - i % 2]
         g = _grads(model, r, pad_id)
         cos = _cos(g, other)
+        rec = {"norm": g.norm(dim=1).tolist(), "cos": cos.tolist(), "mean_norm": {}, "mean_cos": {}}
         for c in caps:
             m = min(len(r), c)
             ex_sum[c] += float(cos[:m].sum())
             ex_num[c] += m
-            user_cos[c].append(float(_cos(g[:m].mean(dim=0), other)))
+            mean = g[:m].mean(dim=0)
+            user_cos[c].append(float(_cos(mean, other)))
+            rec["mean_norm"][c], rec["mean_cos"][c] = float(mean.norm()), user_cos[c][-1]
+        records.append(rec)
         within += float(((g - g.mean(dim=0)) ** 2).sum())
         total += float(((g - overall) ** 2).sum())
     return Pilot(dim=num_trainable(model), example_cosine={c: ex_sum[c] / ex_num[c] for c in caps},
                  user_cosine={c: float(np.mean(user_cos[c])) for c in caps}, users=len(pick),
-                 within_user_share=within / total if total > 0 else None)
+                 within_user_share=within / total if total > 0 else None, records=tuple(records))
