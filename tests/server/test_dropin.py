@@ -59,7 +59,11 @@ class Grid:
             if nid in self.broken:
                 out.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=msg))
                 continue
-            out.append(quickstart(msg, self.contexts[nid]))
+            try:
+                out.append(quickstart(msg, self.contexts[nid]))
+            except Exception as err:  # noqa: BLE001 - as Flower's engine: an exception becomes an error reply
+                reason = str(type(err)) + ":<'" + str(err) + "'>"
+                out.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg))
         return out
 
 
@@ -545,3 +549,23 @@ def test_failures_name_their_error_in_the_log_and_the_stop_line(caplog):
     with caplog.at_level("INFO", logger="flwr"):
         start(quiet, Grid(broken=broken), 4)
     assert len(quiet.history) == 2 and "boom" not in caplog.text and "failures: 2 rounds" in caplog.text
+
+
+def test_a_leftover_flower_clipping_mod_is_named_in_the_stop_line(monkeypatch):
+    """Flower's fixedclipping_mod (for its own client-side wrapper) makes every reply an error: the stop line
+    says what the nodes raised."""
+    from flwr.client.mod import fixedclipping_mod
+    from flwr.clientapp import ClientApp
+
+    app, plain = ClientApp(mods=[fixedclipping_mod]), quickstart
+
+    @app.train()
+    def train(msg, context):
+        return plain(msg, context)
+
+    monkeypatch.setattr(sys.modules[__name__], "quickstart", app)
+    s = UserDPFedAvg(sampling_rate=0.1, noise_multiplier=1.0, clipping_norm=1.0, delta=1e-5, seed=0,
+                     max_failed_rounds=2)
+    start(s, Grid(), 5)
+    assert len(s.history) == 2 and all(r["failures"] == r["nodes_sampled"] > 0 for r in s.history)
+    assert "first error: node" in s.stop_reason and "KeyError" in s.stop_reason and "fitins" in s.stop_reason
