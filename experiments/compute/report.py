@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""The large-compute study's tests, tables and figure (reads only the result and prediction files).
+
+    python experiments/compute/report.py [FOLDER]   # -> results.md, elsvsuls.png (FOLDER: another copy's files)
+
+Implements PREREGISTERED.md (with its amendments): per cell the gap ELS − ULS of the final held-out loss,
+paired by seed; H1a/H1b (slope of the gap against log₂ T, per ε), H2 (mean over T of gap(ε = 1) − gap(ε = 8)),
+H3a/H3b (gap(independent) − gap(near-copies) per T) — one-sample t-tests over seeds, Holm over the family at
+α = 0.05. A test runs on the seeds complete for it; the count is printed. Then the advisor's calls
+(predictions.jsonl) against the decided cells (cell p < 0.05), per mode, with two baselines.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.results_log import load  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+ALPHA = 0.05
+
+
+def report_rows(*paths: Path) -> dict:
+    """{(corpus, eps, T): {mode: {seed: row}}} of the reporting runs."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for path in paths:
+        for key, row in load(path).items():
+            if not key.startswith("report|"):
+                continue
+            _, corpus, mode, eps, steps, seed = key.split("|")
+            out[corpus, float(eps[3:]), int(steps[1:])][mode][int(seed[4:])] = row
+    return out
+
+
+def gaps(cell: dict) -> dict[int, float]:
+    """{seed: loss(ELS) − loss(ULS)} over the seeds both modes finished."""
+    return {s: cell["els"][s]["eval_loss"] - cell["uls"][s]["eval_loss"] for s in sorted(cell["els"])
+            if s in cell.get("uls", {})}
+
+
+def ttest(values) -> dict:
+    v = np.asarray(list(values), dtype=float)
+    n = v.size
+    if n < 2:
+        return {"n": int(n), "mean": float(v.mean()) if n else math.nan, "se": math.nan, "t": math.nan,
+                "p": math.nan, "df": n - 1}
+    se = float(v.std(ddof=1) / math.sqrt(n))
+    t = float(v.mean() / se) if se > 0 else math.copysign(math.inf, v.mean())
+    p = float(2 * stats.t.sf(abs(t), n - 1)) if se > 0 else 0.0
+    return {"n": int(n), "mean": float(v.mean()), "se": se, "t": t, "p": p, "df": n - 1}
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (step-down, monotone)."""
+    names = sorted((k for k in pvalues if not math.isnan(pvalues[k])), key=lambda k: pvalues[k])
+    out, running, m = {}, 0.0, len(names)
+    for i, k in enumerate(names):
+        running = max(running, min(1.0, (m - i) * pvalues[k]))
+        out[k] = running
+    return out
+
+
+def family(cells: dict, steps=(25, 100, 400), eps=(1.0, 8.0), div_steps=(25, 100)) -> dict[str, dict]:
+    """The five pre-registered tests, each on the seeds complete for it."""
+    tests = {}
+    for label, e in (("H1a", eps[0]), ("H1b", eps[1])):
+        per = [gaps(cells.get(("shakespeare", e, t), {"els": {}, "uls": {}})) for t in steps]
+        seeds = sorted(set.intersection(*(set(g) for g in per))) if per else []
+        x = np.log2(steps)
+        slopes = [float(np.polyfit(x, [g[s] for g in per], 1)[0]) for s in seeds]
+        tests[label] = {"what": f"slope of ELS − ULS against log2 T, ε = {e:g}", **ttest(slopes), "values": slopes}
+    per1 = [gaps(cells.get(("shakespeare", eps[0], t), {"els": {}, "uls": {}})) for t in steps]
+    per8 = [gaps(cells.get(("shakespeare", eps[1], t), {"els": {}, "uls": {}})) for t in steps]
+    seeds = sorted(set.intersection(*(set(g) for g in per1 + per8)))
+    diffs = [float(np.mean([a[s] - b[s] for a, b in zip(per1, per8)])) for s in seeds]
+    tests["H2"] = {"what": "mean over T of gap(ε = 1) − gap(ε = 8)", **ttest(diffs), "values": diffs}
+    for label, t in zip(("H3a", "H3b"), div_steps):
+        gi = gaps(cells.get(("independent", 8.0, t), {"els": {}, "uls": {}}))
+        gn = gaps(cells.get(("near-copies", 8.0, t), {"els": {}, "uls": {}}))
+        seeds = sorted(set(gi) & set(gn))
+        d = [gi[s] - gn[s] for s in seeds]
+        tests[label] = {"what": f"gap(independent) − gap(near-copies), T = {t}", **ttest(d), "values": d}
+    adjusted = holm({k: v["p"] for k, v in tests.items()})
+    for k, v in tests.items():
+        v["p_holm"] = adjusted.get(k, math.nan)
+        v["decided"] = bool(v["p_holm"] < ALPHA)
+    return tests
+
+
+def call_of(prediction: dict) -> str:
+    return prediction["call"]
+
+
+def baseline_epochs(prediction: dict) -> str:
+    return "uls" if prediction["uls_epochs_at_cap4"] >= 1 else "els"
+
+
+def hit_rates(cells: dict, predictions: dict) -> dict:
+    """Firm calls of each mode on decided cells (cell p < ALPHA), for the advisor and two baselines."""
+    out = {"advisor": defaultdict(lambda: [0, 0]), "uls once q·T ≥ 1": defaultdict(lambda: [0, 0]),
+           "always uls": defaultdict(lambda: [0, 0])}
+    for (corpus, e, t), cell in cells.items():
+        pred = predictions.get(f"predict|{corpus}|eps{e:g}|T{t}")
+        stat = ttest(gaps(cell).values())
+        if pred is None or not stat["p"] < ALPHA:
+            continue
+        truth = "els" if stat["mean"] < 0 else "uls"
+        for name, call in (("advisor", call_of(pred)), ("uls once q·T ≥ 1", baseline_epochs(pred)),
+                           ("always uls", "uls")):
+            if call in ("els", "uls"):
+                out[name][call][1] += 1
+                out[name][call][0] += int(call == truth)
+    return {k: {m: tuple(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def main(folder: Path = HERE) -> int:
+    results = [folder / "results.jsonl", folder / "advisor_cells.jsonl"]
+    cells = report_rows(*[p for p in results if p.exists()])
+    predictions = load(folder / "predictions.jsonl") if (folder / "predictions.jsonl").exists() else {}
+    refs = {k: v for p in results if p.exists() for k, v in load(p).items() if k.startswith("reference|")}
+    warm = json.loads((HERE / "warm_base.json").read_text())
+    tests = family(cells)
+    lines = ["# ELS or ULS under large compute — results", "",
+             "Generated by `python experiments/compute/report.py` from results.jsonl, advisor_cells.jsonl and "
+             "predictions.jsonl; the design and tests are in PREREGISTERED.md.", "",
+             f"Starting model: held-out loss {warm['heldout_loss_warm']:.3f} after the warm start on the poems "
+             f"({warm['public_tokens']:,} tokens; {warm['heldout_loss_random']:.3f} from random weights).", "",
+             "## Pre-registered tests (Holm over the family, α = 0.05)", "",
+             "| test | statistic | seeds | mean | se | t (df) | p | p (Holm) | outcome |", "|---|---|---|---|---|---|---|---|---|"]
+    for k, v in tests.items():
+        outcome = ("decided: " + ("positive (as the claim predicts)" if v["mean"] > 0 else "negative (against the claim)")
+                   if v["decided"] else "not decided")
+        lines.append(f"| {k} | {v['what']} | {v['n']} | {v['mean']:+.4f} | {v['se']:.4f} | {v['t']:.2f} ({v['df']}) | "
+                     f"{v['p']:.3g} | {v['p_holm']:.3g} | {outcome} |")
+    lines += ["", "## Cells (gap = ELS − ULS held-out loss, paired by seed; positive: ULS better)", "",
+              "| corpus | ε | T | ULS loss | ELS loss | gap | se | p (df) | ULS cap / lr / C | ELS cap / lr / C | "
+              "epochs ULS / ELS | advisor (ELS/ULS score, interval) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (corpus, e, t), cell in sorted(cells.items()):
+        g = gaps(cell)
+        st = ttest(g.values())
+        u = [cell["uls"][s]["eval_loss"] for s in g]
+        el = [cell["els"][s]["eval_loss"] for s in g]
+
+        def knobs(mode):
+            c = next(iter(cell[mode].values()))["config"]
+            return f"{c['privacy.max-examples-per-user']} / {c['train.server-lr']:g} / {c['privacy.clip-norm']:g}"
+
+        def epochs(mode):
+            return next(iter(cell[mode].values()))["epochs"]
+
+        pred = predictions.get(f"predict|{corpus}|eps{e:g}|T{t}")
+        ptxt = "—" if pred is None else (f"{pred['call']} ({pred['margin']:.3g}"
+                                          + (f", [{pred['interval'][0]:.3g}, {pred['interval'][1]:.3g}]" if pred["interval"] else "") + ")")
+        lines.append(f"| {corpus} | {e:g} | {t} | {np.mean(u):.4f} | {np.mean(el):.4f} | {st['mean']:+.4f} | {st['se']:.4f} | "
+                     f"{st['p']:.3g} ({st['df']}) | {knobs('uls')} | {knobs('els')} | {epochs('uls'):.3g} / {epochs('els'):.3g} | {ptxt} |")
+    if refs:
+        lines += ["", "σ = 0 references (seed 0, ε = 8's choices): " + ", ".join(
+            f"{k.split('|')[2].upper()} T = {k.split('|')[3][1:]}: {v['eval_loss']:.4f}" for k, v in sorted(refs.items()))]
+    rates = hit_rates(cells, predictions)
+    lines += ["", "## The advisor on decided cells (cell p < 0.05)", "",
+              "| caller | firm ELS calls: right / made | firm ULS calls: right / made |", "|---|---|---|"]
+    for name, d in rates.items():
+        e, u = d.get("els", (0, 0)), d.get("uls", (0, 0))
+        lines.append(f"| {name} | {e[0]} / {e[1]} | {u[0]} / {u[1]} |")
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+    plot(cells, predictions, folder)
+    print("\n".join(lines))
+    return 0
+
+
+def plot(cells: dict, predictions: dict, folder: Path = HERE) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax2 = ax.twinx()
+    for e, color in ((1.0, "tab:red"), (8.0, "tab:blue")):
+        ts = sorted(t for (c, ee, t) in cells if c == "shakespeare" and ee == e)
+        if not ts:
+            continue
+        st = [ttest(gaps(cells["shakespeare", e, t]).values()) for t in ts]
+        ax.errorbar(ts, [s["mean"] for s in st], yerr=[1.96 * s["se"] if s["n"] > 1 else 0 for s in st], color=color,
+                    marker="o", capsize=3, label=f"measured ELS − ULS, ε = {e:g}")
+        preds = [predictions.get(f"predict|shakespeare|eps{e:g}|T{t}") for t in ts]
+        pts = [(t, p) for t, p in zip(ts, preds) if p]
+        if pts:
+            ax2.plot([t for t, _ in pts], [-math.log(p["margin"]) for _, p in pts], color=color, ls="--",
+                     label=f"advisor −ln(score ELS/ULS), ε = {e:g}")
+            band = [(t, p["interval"]) for t, p in pts if p["interval"]]
+            if band:
+                ax2.fill_between([t for t, _ in band], [-math.log(i[1]) for _, i in band],
+                                 [-math.log(i[0]) for _, i in band], color=color, alpha=0.12)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax2.axhline(0, color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("steps T (B = 32, the same 1,289 users)")
+    ax.set_ylabel("held-out loss ELS − ULS (> 0: ULS better)")
+    ax2.set_ylabel("advisor: −ln(score ELS / ULS) (> 0: ULS)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    ax.set_title("Shakespeare, warm start: ELS − ULS against steps")
+    fig.tight_layout()
+    fig.savefig(folder / "elsvsuls.png", dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE))
