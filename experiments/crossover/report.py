@@ -5,7 +5,7 @@
 
 Reads results.jsonl and predictions.jsonl (written by run.py), writes results.md and elsvsuls.png
 next to this file and replaces the block between `<!-- crossover:start -->` and `<!-- crossover:end -->`
-in experiments/README.md with results.md. Per cell: each mode's tuning choice (replayed from the
+in its results page, docs/results/crossover.md, with results.md. Per cell: each mode's tuning choice (replayed from the
 tuning runs with run.py's own search, so the lr and cap edges it checked are listed), held-out loss
 over the reporting seeds, ELS − ULS paired by seed with a two-sided paired t-test (n − 1 degrees of
 freedom), the advisor's prediction (written before the cell's runs) and whether it matched. A cell
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402
 from run import REPORT_SEEDS, cell_name, cells, load  # noqa: E402
 
-README = HERE.parent / "README.md"
+README = HERE.parents[1] / "docs" / "results" / "crossover.md"  # the study's results page
 ALPHA = 0.05
 ROUNDING = 1e-6   # |margin − 1| below this: the two scores are equal up to floating-point rounding
 
@@ -448,7 +448,8 @@ def main() -> int:
     start, end = "<!-- crossover:start -->", "<!-- crossover:end -->"
     if start in readme and end in readme:
         before, rest = readme.split(start, 1)
-        README.write_text(before + start + "\n" + text + end + rest.split(end, 1)[1])
+        page = text.replace("](crossover/elsvsuls.png)", "](../figures/crossover/elsvsuls.png)")  # docs/figures/
+        README.write_text(before + start + "\n" + page + end + rest.split(end, 1)[1])
     print(text)
     return 0
 

@@ -3,7 +3,7 @@
 
     python experiments/lm_regime/report.py [--results experiments/lm_regime/results.jsonl]
 
-Writes results.md (the tables in experiments/README.md) and loss.png next to this file. Per cell and
+Writes results.md (the tables in docs/results/lm-regime.md) and loss.png next to this file. Per cell and
 mode: the tuning winner (k, C, lr; ✓/✗ whether one run past the lr edge did worse/better), held-out loss mean ± sd over the
 reporting seeds, the paired difference ELS − ULS over the same seeds (same corpus draws and held-out
 users; > 0: ULS better) with the verdict "tie" when |mean| < 2 × its standard error, and the adaptive-C

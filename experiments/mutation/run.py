@@ -12,7 +12,7 @@ server/strategy.py; for each mutant mutmut runs (with -x) only those of the list
 the mutated function. Work files go to mutants/ (git-ignored).
 
 Prints the score (killed / timeout / survived / no tests / ...) and checks every surviving mutant
-against the table "Mutation testing of the privacy-critical modules" in experiments/README.md: a
+against the table of docs/results/mutation-testing.md ("Mutation testing of the privacy-critical modules"): a
 survivor must be listed there with a one-line reason (an equivalent or harmless mutant). Exits 1 when a
 survivor is unexplained (its diff is printed), 0 otherwise; explained mutants that no longer survive are
 listed as stale.
@@ -30,8 +30,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "experiments" / "README.md"
-SECTION = "## Mutation testing of the privacy-critical modules"
+README = ROOT / "docs" / "results" / "mutation-testing.md"
+SECTION = "# Mutation testing of the privacy-critical modules"
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 UNRUN = {"not checked", "check was interrupted by user"}
 
@@ -51,7 +51,7 @@ def results() -> dict[str, str]:
 
 
 def explained() -> dict[str, str]:
-    """mutant name -> reason, from the table rows of the README section (first column: `name`)."""
+    """mutant name -> reason, from the table rows of the results page (first column: `name`)."""
     text = README.read_text()
     start = text.find(SECTION)
     if start < 0:
@@ -100,7 +100,7 @@ def main() -> int:
     print(f"\nmutants: {len(res)}  " + "  ".join(f"{s}: {c}" for s, c in sorted(counts.items())))
     print(f"score: {detected}/{len(res)} detected ({100 * detected / len(res):.1f}%); "
           f"{len(undetected)} not detected, {len(undetected) - len(unexplained)} of them explained in "
-          f"experiments/README.md, {len(unexplained)} unexplained")
+          f"docs/results/mutation-testing.md, {len(unexplained)} unexplained")
     if unrun:
         print(f"INCOMPLETE: {len(unrun)} mutants were not run (interrupted?); run again with --keep")
     for n in stale:
