@@ -96,7 +96,12 @@ def family(cells: dict, steps=(25, 100, 400), eps=(1.0, 8.0), div_steps=(25, 100
 
 
 def call_of(prediction: dict) -> str:
-    return prediction["call"]
+    """The advisor's call from a stored prediction, by the advisor's own rule (`too_close`)."""
+    from fl_userdp.study.advisor import too_close
+    interval = tuple(prediction["interval"]) if prediction.get("interval") else None
+    if too_close(prediction["margin"], interval, prediction.get("same_algorithm", False)):
+        return "close"
+    return "els" if prediction["margin"] > 1 else "uls"
 
 
 def baseline_epochs(prediction: dict) -> str:
@@ -122,7 +127,7 @@ def hit_rates(cells: dict, predictions: dict) -> dict:
 
 
 def main(folder: Path = HERE) -> int:
-    results = [folder / "results.jsonl", folder / "advisor_cells.jsonl"]
+    results = [folder / "results.jsonl", folder / "diversity.jsonl", folder / "advisor_cells.jsonl"]
     cells = report_rows(*[p for p in results if p.exists()])
     predictions = load(folder / "predictions.jsonl") if (folder / "predictions.jsonl").exists() else {}
     refs = {k: v for p in results if p.exists() for k, v in load(p).items() if k.startswith("reference|")}
@@ -157,7 +162,7 @@ def main(folder: Path = HERE) -> int:
             return next(iter(cell[mode].values()))["epochs"]
 
         pred = predictions.get(f"predict|{corpus}|eps{e:g}|T{t}")
-        ptxt = "—" if pred is None else (f"{pred['call']} ({pred['margin']:.3g}"
+        ptxt = "—" if pred is None else (f"{call_of(pred)} ({pred['margin']:.3g}"
                                           + (f", [{pred['interval'][0]:.3g}, {pred['interval'][1]:.3g}]" if pred["interval"] else "") + ")")
         lines.append(f"| {corpus} | {e:g} | {t} | {np.mean(u):.4f} | {np.mean(el):.4f} | {st['mean']:+.4f} | {st['se']:.4f} | "
                      f"{st['p']:.3g} ({st['df']}) | {knobs('uls')} | {knobs('els')} | {epochs('uls'):.3g} / {epochs('els'):.3g} | {ptxt} |")

@@ -24,8 +24,8 @@ clip norm C) by the quality of the run's whole estimate of the population's mean
   when q·T is many epochs, and where ULS's fresh examples count.
 * **Score.** Q = 1 / (1/(T·s) + 1/s_data); the best (cap, C) of each mode; margin = Q_ELS / Q_ULS.
 * **Uncertainty.** The pilot's users are resampled (`BOOTSTRAP` times, with replacement) and every score is
-  recomputed: the margin's `LEVEL` interval. A call is firm only when the interval excludes 1; otherwise
-  it is "too close to call" and nothing is recommended.
+  recomputed: the margin's `LEVEL` interval. A call is firm only when the whole interval lies beyond a
+  `CLOSE`-fold difference (`too_close`); otherwise it is "too close to call" and nothing is recommended.
 
 What it leaves out, and so where it can be wrong: cosines and norms change during training (the pilot
 measures them at the starting weights); the server optimizer and its learning rate are not modelled
@@ -45,7 +45,7 @@ from .planner import banded, check_budget, check_counts
 
 CAPS = (1, 2, 4, 8, 16, 32, 64)
 CLIP_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)   # candidate C: these quantiles of the mode's record norms
-CLOSE = 1.25        # without a pilot interval: SNR ratios within [1/CLOSE, CLOSE] are "too close to call"
+CLOSE = 1.25        # scores within [1/CLOSE, CLOSE] of each other are "too close to call" (the model's resolution)
 BOOTSTRAP = 200     # pilot resamples for the margin's interval
 LEVEL = 0.9         # the interval's coverage
 REL_TOL = 1e-2      # σ tolerance of the calibration (σ stays on the feasible side: ε ≤ target)
@@ -150,11 +150,7 @@ class Advice:
 
     @property
     def close(self) -> bool:
-        if self.same_algorithm:
-            return True
-        if self.interval is not None:
-            return self.interval[0] <= 1.0 <= self.interval[1]
-        return 1 / CLOSE <= self.margin <= CLOSE
+        return too_close(self.margin, self.interval, self.same_algorithm)
 
     @property
     def call(self) -> str:
@@ -172,6 +168,17 @@ class Advice:
     def to_dict(self) -> dict:
         return {**asdict(self), "winner": self.winner, "margin": self.margin, "close": self.close, "call": self.call,
                 "components": self.components}
+
+
+def too_close(margin: float, interval: tuple[float, float] | None = None, same_algorithm: bool = False) -> bool:
+    """No firm call: one algorithm, or the margin (or any of its interval) within [1/CLOSE, CLOSE].
+
+    A firm call needs the model to predict at least a CLOSE-fold score difference, over the whole interval
+    of the pilot's resamples when there is one: a 0.1 % margin with a tight interval is still a coin flip."""
+    if same_algorithm:
+        return True
+    lo, hi = interval if interval is not None else (margin, margin)
+    return not (hi < 1 / CLOSE or lo > CLOSE)
 
 
 def _ratio(els: float, uls: float) -> float:
@@ -337,10 +344,10 @@ def format_advice(adv: Advice) -> str:
     band = "" if adv.interval is None else f", {LEVEL:.0%} interval over pilot resamples [{adv.interval[0]:.3f}, {adv.interval[1]:.3f}]"
     if adv.same_algorithm:
         why = "both modes' best is cap 1: one algorithm"
-    elif adv.interval is not None:
-        why = "the interval holds 1" if adv.close else "the interval excludes 1"
+    elif adv.close:
+        why = f"within {CLOSE:g}x" + (" somewhere in the interval" if adv.interval is not None else "")
     else:
-        why = f"no pilot records: within {CLOSE:g}x" if adv.close else f"no pilot records: beyond {CLOSE:g}x"
+        why = f"beyond {CLOSE:g}x" + (" over the whole interval" if adv.interval is not None else "")
     verdict = "too close to call" if adv.close else adv.winner.upper()
     lines.append(f"predicted: {verdict} (score ELS/ULS = {adv.margin:.3f}{band}; {why})")
     if adv.close:
