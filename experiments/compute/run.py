@@ -46,8 +46,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.jsonl"
 WARM = HERE / "warm_base.pt"
 B, DELTA = 32, 1e-6
-STEPS = (25, 100, 400)
-TUNED_AT = {25: 25, 100: 400, 400: 400}
+STEPS = (25, 400)                  # amendment 4: T = 100 carried no weight in H1 and is dropped from reporting
+TUNED_AT = {25: 25, 400: 400}
+MATCHED_CAP = 4                    # amendment 4: the matched-cap arm, k = G = 4, each mode's best lr at cap 4
 EPSILONS = (1.0, 8.0)
 REPORT_SEEDS = (0, 1, 2, 3, 4, 5)
 TUNE_SEEDS = {25: (100,), 400: (100,)}
@@ -139,7 +140,7 @@ class Study:
         futures = {k: self.pool.submit(simulate_one, k, batch[k]) for k in todo}
         for k, fut in futures.items():
             row = fut.result()
-            row["commit"] = self.rev
+            row["commit"], row["time"] = self.rev, time.strftime("%Y-%m-%dT%H:%M:%S")
             self.done[k] = row
             with open(self.out, "a") as f:
                 import json
@@ -210,6 +211,12 @@ def shakespeare(study: Study, stage: str) -> None:
         print("tuned", c, p, flush=True)
     if stage == "tune":
         return
+    matched = {}                                    # each mode's best lr of the lr stage (cap 4, C 0.5)
+    for c in cells:
+        tried = {float(k.split("|")[5][2:]): r["eval_loss"] for k, r in study.done.items()
+                 if k.startswith(f"tune|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|") and f"|cap{MATCHED_CAP}|C{CLIP0:g}|" in k}
+        matched[c] = min(tried, key=tried.get)
+        print("matched", c, matched[c], flush=True)
     for seed in REPORT_SEEDS:                       # seed by seed: a cut study still has whole seeds
         batch = {}
         for t in STEPS:
@@ -218,6 +225,8 @@ def shakespeare(study: Study, stage: str) -> None:
                     lr, cap, clip = chosen[("shakespeare", m, e, TUNED_AT[t])]
                     batch[f"report|shakespeare|{m}|eps{e:g}|T{t}|seed{seed}"] = run_config(
                         "shakespeare", m, e, t, seed, lr, cap, clip)
+                    batch[f"report|shakespeare-cap{MATCHED_CAP}|{m}|eps{e:g}|T{t}|seed{seed}"] = run_config(
+                        "shakespeare", m, e, t, seed, matched[("shakespeare", m, e, TUNED_AT[t])], MATCHED_CAP, CLIP0)
         if seed == 0:
             for t in STEPS:
                 for m in ("uls", "els"):
@@ -227,9 +236,12 @@ def shakespeare(study: Study, stage: str) -> None:
         study.run(batch)
 
 
-def capped(study: Study, cells: list[tuple], caps: tuple, lr: float, seeds: tuple = REPORT_SEEDS) -> None:
-    """Cells tuned on the cap only (at `lr`, C = CLIP0, tuning seed 100), then the reporting seeds."""
-    loss = study.run({tune_key(*c, lr, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, lr, cap, CLIP0)
+def capped(study: Study, cells: list[tuple], caps: tuple, lr: float, seeds: tuple = REPORT_SEEDS,
+           split: int = 0) -> None:
+    """Cells tuned on the cap only (at `lr`, C = CLIP0, tuning seed 100, data split `split`), then the
+    reporting seeds (split 0)."""
+    loss = study.run({tune_key(*c, lr, cap, CLIP0, 100): run_config(c[0], c[1], c[2], c[3], 100, lr, cap, CLIP0,
+                                                                    split=split)
                       for c in cells for cap in caps})
     chosen = {c: min(caps, key=lambda cap: loss[tune_key(*c, lr, cap, CLIP0, 100)]) for c in cells}
     for c in cells:
@@ -252,7 +264,7 @@ def few_users(study: Study, corpus: str = "few-users") -> None:
 def heldout(study: Study) -> None:
     """The advisor's held-out corpus (nobody tunes on it): T = 100, ε ∈ {1, 8}, cap tuned, three seeds."""
     capped(study, [("heldout", m, e, HELDOUT_STEPS) for e in EPSILONS for m in ("uls", "els")], CAPS, HELDOUT_LR,
-           HELDOUT_SEEDS)
+           HELDOUT_SEEDS, split=1)
 
 
 def main() -> int:

