@@ -88,3 +88,9 @@ def test_the_dropin_snippet_calls_the_api_as_it_is():
     inspect.signature(UserDP).bind(object(), **kwargs)  # every keyword the README passes exists
     assert "strategy.start(grid, initial_arrays, num_rounds=5)" in code
     assert "num_rounds" in inspect.signature(UserDP.start).parameters
+
+
+def test_the_concepts_page_shows_the_readme_s_tested_guarantee_line():
+    shown = blocks("", README[README.index("## The guarantee"):])[0].strip()
+    assert shown.startswith("guarantee: user-level (ε, δ)-DP") and "\n" not in shown
+    assert f"```\n{shown}\n```" in (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
