@@ -183,6 +183,6 @@ def test_bench_population_end_to_end_smallest(tmp_path):
 @pytest.mark.bench
 def test_bench_scaleout_end_to_end_smallest():
     out = subprocess.run([sys.executable, "experiments/bench_scaleout.py", "--nodes", "2", "--modes", "uls",
-                          "--rounds", "3", "--set", "data.num-users=64"],
+                          "--rounds", "3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

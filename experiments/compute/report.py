@@ -53,14 +53,20 @@ def ttest(values) -> dict:
         return {"n": int(n), "mean": float(v.mean()) if n else math.nan, "se": math.nan, "t": math.nan,
                 "p": math.nan, "df": n - 1}
     se = float(v.std(ddof=1) / math.sqrt(n))
-    t = float(v.mean() / se) if se > 0 else math.copysign(math.inf, v.mean())
-    p = float(2 * stats.t.sf(abs(t), n - 1)) if se > 0 else 0.0
+    if se > 0:
+        t = float(v.mean() / se)
+        p = float(2 * stats.t.sf(abs(t), n - 1))
+    else:                                       # no spread: decided only by a nonzero mean
+        t = 0.0 if v.mean() == 0 else math.copysign(math.inf, v.mean())
+        p = 1.0 if v.mean() == 0 else 0.0
     return {"n": int(n), "mean": float(v.mean()), "se": se, "t": t, "p": p, "df": n - 1}
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
-    """Holm-adjusted p-values (step-down, monotone)."""
-    names = sorted((k for k in pvalues if not math.isnan(pvalues[k])), key=lambda k: pvalues[k])
+    """Holm-adjusted p-values (step-down, monotone) over the whole family: a test that could not run counts
+    with p = 1."""
+    pvalues = {k: (1.0 if math.isnan(v) else v) for k, v in pvalues.items()}
+    names = sorted(pvalues, key=lambda k: pvalues[k])
     out, running, m = {}, 0.0, len(names)
     for i, k in enumerate(names):
         running = max(running, min(1.0, (m - i) * pvalues[k]))
@@ -68,21 +74,23 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def family(cells: dict, steps=(25, 100, 400), eps=(1.0, 8.0), div_steps=(25, 100)) -> dict[str, dict]:
-    """The five pre-registered tests, each on the seeds complete for it."""
+def family(cells: dict, steps=(25, 400), eps=(1.0, 8.0), div_steps=(25, 100), corpus: str = "shakespeare",
+           diversity: bool = True) -> dict[str, dict]:
+    """The pre-registered tests (amendment 4: T ∈ {25, 400}), each on the seeds complete for it; Holm over the
+    family (five tests, or H1a/H1b/H2 for the matched-cap arm)."""
     tests = {}
     for label, e in (("H1a", eps[0]), ("H1b", eps[1])):
-        per = [gaps(cells.get(("shakespeare", e, t), {"els": {}, "uls": {}})) for t in steps]
+        per = [gaps(cells.get((corpus, e, t), {"els": {}, "uls": {}})) for t in steps]
         seeds = sorted(set.intersection(*(set(g) for g in per))) if per else []
         x = np.log2(steps)
         slopes = [float(np.polyfit(x, [g[s] for g in per], 1)[0]) for s in seeds]
         tests[label] = {"what": f"slope of ELS − ULS against log2 T, ε = {e:g}", **ttest(slopes), "values": slopes}
-    per1 = [gaps(cells.get(("shakespeare", eps[0], t), {"els": {}, "uls": {}})) for t in steps]
-    per8 = [gaps(cells.get(("shakespeare", eps[1], t), {"els": {}, "uls": {}})) for t in steps]
+    per1 = [gaps(cells.get((corpus, eps[0], t), {"els": {}, "uls": {}})) for t in steps]
+    per8 = [gaps(cells.get((corpus, eps[1], t), {"els": {}, "uls": {}})) for t in steps]
     seeds = sorted(set.intersection(*(set(g) for g in per1 + per8)))
     diffs = [float(np.mean([a[s] - b[s] for a, b in zip(per1, per8)])) for s in seeds]
     tests["H2"] = {"what": "mean over T of gap(ε = 1) − gap(ε = 8)", **ttest(diffs), "values": diffs}
-    for label, t in zip(("H3a", "H3b"), div_steps):
+    for label, t in zip(("H3a", "H3b"), div_steps if diversity else ()):
         gi = gaps(cells.get(("independent", 8.0, t), {"els": {}, "uls": {}}))
         gn = gaps(cells.get(("near-copies", 8.0, t), {"els": {}, "uls": {}}))
         seeds = sorted(set(gi) & set(gn))
@@ -96,10 +104,12 @@ def family(cells: dict, steps=(25, 100, 400), eps=(1.0, 8.0), div_steps=(25, 100
 
 
 def call_of(prediction: dict) -> str:
-    """The advisor's call from a stored prediction, by the advisor's own rule (`too_close`)."""
+    """The advisor's call from a stored prediction, by the advisor's own rule (`too_close`; one algorithm when
+    both best caps are 1)."""
     from fl_userdp.study.advisor import too_close
     interval = tuple(prediction["interval"]) if prediction.get("interval") else None
-    if too_close(prediction["margin"], interval, prediction.get("same_algorithm", False)):
+    same = prediction["els"]["cap"] == 1 and prediction["uls"]["cap"] == 1
+    if too_close(prediction["margin"], interval, same):
         return "close"
     return "els" if prediction["margin"] > 1 else "uls"
 
@@ -108,22 +118,45 @@ def baseline_epochs(prediction: dict) -> str:
     return "uls" if prediction["uls_epochs_at_cap4"] >= 1 else "els"
 
 
-def hit_rates(cells: dict, predictions: dict) -> dict:
-    """Firm calls of each mode on decided cells (cell p < ALPHA), for the advisor and two baselines."""
-    out = {"advisor": defaultdict(lambda: [0, 0]), "uls once q·T ≥ 1": defaultdict(lambda: [0, 0]),
-           "always uls": defaultdict(lambda: [0, 0])}
+CONSTRUCTED = ("few-users", "few-users-alike")   # cells built from the advisor's own model: consistency checks
+
+
+def one_algorithm(cell: dict) -> bool:
+    """Both modes' runs at cap 1: the same privacy event and step distribution (amendment 4)."""
+    caps = {m: next(iter(cell[m].values()))["config"]["privacy.max-examples-per-user"] for m in ("els", "uls")}
+    return caps["els"] == 1 and caps["uls"] == 1
+
+
+def hit_rates(cells: dict, predictions: dict, constructed: bool = False) -> dict:
+    """On the decided cells (cell p < ALPHA; one-algorithm cells left out), each caller's firm calls per mode:
+    (right, made), and how many decided cells it abstained on. `constructed`: only the cells built for the
+    advisor, else only the others."""
+    callers = {"advisor": call_of, "uls once q·T ≥ 1": baseline_epochs, "always uls": lambda p: "uls"}
+    out = {name: {"els": [0, 0], "uls": [0, 0], "abstained": 0, "decided": 0} for name in callers}
     for (corpus, e, t), cell in cells.items():
+        if (corpus in CONSTRUCTED) != constructed or corpus.endswith("-cap4") or one_algorithm(cell):
+            continue
         pred = predictions.get(f"predict|{corpus}|eps{e:g}|T{t}")
         stat = ttest(gaps(cell).values())
         if pred is None or not stat["p"] < ALPHA:
             continue
         truth = "els" if stat["mean"] < 0 else "uls"
-        for name, call in (("advisor", call_of(pred)), ("uls once q·T ≥ 1", baseline_epochs(pred)),
-                           ("always uls", "uls")):
+        for name, caller in callers.items():
+            call = caller(pred)
+            out[name]["decided"] += 1
             if call in ("els", "uls"):
                 out[name][call][1] += 1
                 out[name][call][0] += int(call == truth)
-    return {k: {m: tuple(v) for m, v in d.items()} for k, d in out.items()}
+            else:
+                out[name]["abstained"] += 1
+    return out
+
+
+def rate_text(right: int, made: int) -> str:
+    if not made:
+        return "0 / 0"
+    ci = stats.binomtest(right, made).proportion_ci(0.95)
+    return f"{right} / {made} (95% CI {ci.low:.2f}–{ci.high:.2f})"
 
 
 def main(folder: Path = HERE) -> int:
@@ -132,20 +165,27 @@ def main(folder: Path = HERE) -> int:
     predictions = load(folder / "predictions.jsonl") if (folder / "predictions.jsonl").exists() else {}
     refs = {k: v for p in results if p.exists() for k, v in load(p).items() if k.startswith("reference|")}
     warm = json.loads((HERE / "warm_base.json").read_text())
+    start = json.loads((HERE / "start_loss.json").read_text()) if (HERE / "start_loss.json").exists() else {}
     tests = family(cells)
+    matched = family(cells, corpus="shakespeare-cap4", diversity=False)
     lines = ["# ELS or ULS under large compute — results", "",
              "Generated by `python experiments/compute/report.py` from results.jsonl, advisor_cells.jsonl and "
              "predictions.jsonl; the design and tests are in PREREGISTERED.md.", "",
-             f"Starting model: held-out loss {warm['heldout_loss_warm']:.3f} after the warm start on the poems "
-             f"({warm['public_tokens']:,} tokens; {warm['heldout_loss_random']:.3f} from random weights).", "",
-             "## Pre-registered tests (Holm over the family, α = 0.05)", "",
-             "| test | statistic | seeds | mean | se | t (df) | p | p (Holm) | outcome |", "|---|---|---|---|---|---|---|---|---|"]
-    for k, v in tests.items():
-        outcome = ("decided: " + ("positive (as the claim predicts)" if v["mean"] > 0 else "negative (against the claim)")
-                   if v["decided"] else "not decided")
-        lines.append(f"| {k} | {v['what']} | {v['n']} | {v['mean']:+.4f} | {v['se']:.4f} | {v['t']:.2f} ({v['df']}) | "
-                     f"{v['p']:.3g} | {v['p_holm']:.3g} | {outcome} |")
-    lines += ["", "## Cells (gap = ELS − ULS held-out loss, paired by seed; positive: ULS better)", "",
+             f"Starting model: the warm start on the poems ({warm['public_tokens']:,} tokens); held-out loss as the runs "
+             f"measure it {start.get('0', math.nan):.4f} (split 0, reporting) and {start.get('1', math.nan):.4f} (split 1, "
+             f"tuning), {warm['heldout_loss_random']:.3f} from random weights (`warm_start.py --start-loss`).", ""]
+    for title, fam in (("Pre-registered tests, tuned arm (Holm over the five, α = 0.05)", tests),
+                       ("The same tests, matched-cap arm k = G = 4 (Holm over its three, α = 0.05)", matched)):
+        lines += [f"## {title}", "", "| test | statistic | seeds | mean | se | t (df) | p | p (Holm) | outcome |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for k, v in fam.items():
+            outcome = ("decided: " + ("positive (as the claim predicts)" if v["mean"] > 0 else "negative (against the claim)")
+                       if v["decided"] else ("not run" if v["n"] < 2 else "not decided"))
+            lines.append(f"| {k} | {v['what']} | {v['n']} | {v['mean']:+.4f} | {v['se']:.4f} | {v['t']:.2f} ({v['df']}) | "
+                         f"{v['p']:.3g} | {v['p_holm']:.3g} | {outcome} |")
+        lines.append("")
+    lines += ["## Cells (gap = ELS − ULS held-out loss, paired by seed; positive: ULS better; "
+              "\"one algorithm\": both modes at cap 1)", "",
               "| corpus | ε | T | ULS loss | ELS loss | gap | se | p (df) | ULS cap / lr / C | ELS cap / lr / C | "
               "epochs ULS / ELS | advisor (ELS/ULS score, interval) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (corpus, e, t), cell in sorted(cells.items()):
@@ -164,17 +204,19 @@ def main(folder: Path = HERE) -> int:
         pred = predictions.get(f"predict|{corpus}|eps{e:g}|T{t}")
         ptxt = "—" if pred is None else (f"{call_of(pred)} ({pred['margin']:.3g}"
                                           + (f", [{pred['interval'][0]:.3g}, {pred['interval'][1]:.3g}]" if pred["interval"] else "") + ")")
-        lines.append(f"| {corpus} | {e:g} | {t} | {np.mean(u):.4f} | {np.mean(el):.4f} | {st['mean']:+.4f} | {st['se']:.4f} | "
+        name = corpus + (" (one algorithm)" if one_algorithm(cell) else "")
+        lines.append(f"| {name} | {e:g} | {t} | {np.mean(u):.4f} | {np.mean(el):.4f} | {st['mean']:+.4f} | {st['se']:.4f} | "
                      f"{st['p']:.3g} ({st['df']}) | {knobs('uls')} | {knobs('els')} | {epochs('uls'):.3g} / {epochs('els'):.3g} | {ptxt} |")
     if refs:
         lines += ["", "σ = 0 references (seed 0, ε = 8's choices): " + ", ".join(
             f"{k.split('|')[2].upper()} T = {k.split('|')[3][1:]}: {v['eval_loss']:.4f}" for k, v in sorted(refs.items()))]
-    rates = hit_rates(cells, predictions)
-    lines += ["", "## The advisor on decided cells (cell p < 0.05)", "",
-              "| caller | firm ELS calls: right / made | firm ULS calls: right / made |", "|---|---|---|"]
-    for name, d in rates.items():
-        e, u = d.get("els", (0, 0)), d.get("uls", (0, 0))
-        lines.append(f"| {name} | {e[0]} / {e[1]} | {u[0]} / {u[1]} |")
+    for label, constructed in (("cells not built for it", False), ("cells built from its own model (consistency checks)", True)):
+        rates = hit_rates(cells, predictions, constructed)
+        lines += ["", f"## The advisor on decided cells (cell p < 0.05, one-algorithm cells left out): {label}", "",
+                  "| caller | decided cells | firm ELS calls right / made | firm ULS calls right / made | abstained |",
+                  "|---|---|---|---|---|"]
+        for name, d in rates.items():
+            lines.append(f"| {name} | {d['decided']} | {rate_text(*d['els'])} | {rate_text(*d['uls'])} | {d['abstained']} |")
     (folder / "results.md").write_text("\n".join(lines) + "\n")
     plot(cells, predictions, folder)
     print("\n".join(lines))
@@ -204,7 +246,10 @@ def plot(cells: dict, predictions: dict, folder: Path = HERE) -> None:
                 ax2.fill_between([t for t, _ in band], [-math.log(i[1]) for _, i in band],
                                  [-math.log(i[0]) for _, i in band], color=color, alpha=0.12)
     ax.axhline(0, color="grey", lw=0.8)
-    ax2.axhline(0, color="grey", lw=0.5, ls=":")
+    for a in (ax, ax2):                       # both axes symmetric about 0: the zeros line up (only signs compare)
+        lo, hi = a.get_ylim()
+        m = max(abs(lo), abs(hi), 1e-9)
+        a.set_ylim(-m, m)
     ax.set_xscale("log")
     ax.set_xlabel("steps T (B = 32, the same 1,289 users)")
     ax.set_ylabel("held-out loss ELS − ULS (> 0: ULS better)")

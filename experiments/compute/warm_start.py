@@ -77,5 +77,27 @@ def main(steps: int = STEPS, out: Path = OUT) -> dict:
     return info
 
 
+
+
+def start_loss(split: int, path: Path = OUT) -> float:
+    """The warm model's held-out loss as the runs evaluate it (4,096 rows spread evenly over the held-out
+    users of `data.split-seed` = split; LoRA adapters start at zero, so the base alone)."""
+    from fl_userdp.config import parse_config
+    from fl_userdp.data import load_corpus
+    from fl_userdp.local.model import tiny_base
+    from fl_userdp.local.updates import eval_loss
+    cfg = parse_config({"data.source": "shakespeare", "data.num-users": 1289, "data.heldout-users": 64,
+                        "data.split-seed": split, "model.init-weights": str(path)})
+    rows = load_corpus(cfg.data, cfg.model, 0).heldout()
+    rows = rows[np.unique(np.linspace(0, len(rows) - 1, min(4096, len(rows))).astype(int))]
+    base = tiny_base(cfg.model)
+    return eval_loss(base, rows, pad_id=cfg.model.vocab_size - 1)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--start-loss"]:     # the starting loss per split, as the runs measure it
+        losses = {split: start_loss(split) for split in (0, 1)}
+        (HERE / "start_loss.json").write_text(json.dumps(losses) + "\n")
+        print(json.dumps(losses))
+    else:
+        main()
