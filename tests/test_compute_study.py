@@ -41,7 +41,11 @@ def test_report_finds_the_planted_effects(tmp_path, monkeypatch):
     assert tests["H1a"]["mean"] == pytest.approx(0.01, abs=2e-3) and tests["H1a"]["decided"]
     assert tests["H2"]["mean"] == pytest.approx(0.02, abs=3e-3) and tests["H2"]["decided"]
     assert tests["H3a"]["mean"] == pytest.approx(0.03, abs=3e-3) and tests["H3a"]["n"] == 6
+    page = report.PAGE.read_text()
     assert report.main(tmp_path) == 0 and (tmp_path / "results.md").exists() and (tmp_path / "elsvsuls.png").exists()
+    assert report.PAGE.read_text() == page                     # a copy's files never touch the docs page
+    text = report.page(tests, tests, cells, ["# t", "## s"])
+    assert "**H1a**" in text and "decided, as the paper claims" in text
 
 
 def test_report_says_not_decided_without_an_effect(tmp_path):
