@@ -112,6 +112,8 @@ class RunConfig:
     seed: int = 0                     # the run's seed: data, initialisation and, unless secure mode, cohorts and noise
     out: str = "runs/latest"          # output folder (metrics.jsonl, summary.json/.md, plot.png, checkpoints, release logs)
     checkpoint_every: int = 0         # rounds; 0 = only at the end
+    keep_releases: bool = False       # keep every released update in the release log (a checkpoint drops the
+                                      # ones it covers otherwise): what `fl-userdp audit --run` tests
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

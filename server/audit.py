@@ -42,12 +42,18 @@ scales must agree (a denominator that moves with the realised count moves
 them). These catch faults that leak without bound but hardly move the
 canaries' statistics.
 
-Fault injection, for testing the auditor only (`fault`): "noise" adds σ/4
-noise while the ledger is told σ; "clip" lets nodes clip at 4C while the
-server validates at C; "sampling" samples at 2q while the ledger is told q;
-"partial-noise" / "partial-noise-25" withhold the noise from 5 % / 25 % of
-the coordinates; "count-division" divides each release by the realised count
-of records instead of the expected count.
+Finally the noise itself is tested (`fl_userdp.study.audit.noise_tests`, exact form): the audit records
+the server's exact sum of each round, so E·release − sum is the noise the release carried, in units of
+the claimed σC: its scale (one-sided χ² over T·d values, α = 10⁻³: a noise 5 % short sits ~17 sd below
+at the default T·d = 60,000), its per-coordinate floor, and whether two coordinates or two rounds carry
+one draw (the minimum over every pair and sign of the pair's χ² statistic, Bonferroni, α = 10⁻³ each).
+
+Fault injection, for testing the auditor only (`fault`): "noise" / "noise-95" / "noise-90" add σ/4,
+0.95σ, 0.9σ noise while the ledger is told σ; "clip" lets nodes clip at 4C while the server validates
+at C; "sampling" samples at 2q while the ledger is told q; "partial-noise" / "partial-noise-25"
+withhold the noise from 5 % / 25 % of the coordinates; "count-division" divides each release by the
+realised count of records instead of the expected count; "reused-noise" draws noise for half the
+coordinates and adds the same draws to the other half (the difference of the halves is then noise-free).
 """
 from __future__ import annotations
 
@@ -57,12 +63,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fl_userdp.accounting import make_event
-from fl_userdp.study.audit import check_release_noise, default_guess_counts, lower_bound_from_scores
+from fl_userdp.study.audit import check_release_noise, default_guess_counts, lower_bound_from_scores, noise_tests
 from fl_userdp.config import RunConfig, parse_config
 from fl_userdp.errors import ConfigError
 from fl_userdp.rng import rng_for
 
-FAULTS = ("none", "noise", "clip", "sampling", "partial-noise", "partial-noise-25", "count-division")
+FAULTS = ("none", "noise", "noise-95", "noise-90", "clip", "sampling", "partial-noise", "partial-noise-25",
+          "count-division", "reused-noise")
+NOISE_FACTORS = {"noise": 0.25, "noise-95": 0.95, "noise-90": 0.9}  # actual noise / the ledger's
 CANARY_LABEL = 1e6
 
 
@@ -118,6 +126,7 @@ class PipelineAuditResult:
     rounds: int
     flagged: bool
     noise_check: dict | None = None
+    noise_tests: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,14 +197,19 @@ def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
     run_cfg = _run_config(a, corpus.num_users, a.sampling_rate * (2 if a.fault == "sampling" else 1), a.clip_norm)
     node_cfg = _run_config(a, corpus.num_users, run_cfg.privacy.sampling_rate,
                            a.clip_norm * (4 if a.fault == "clip" else 1))
-    strategy = UserDPStrategy(run_cfg, corpus.counts, [np.zeros(a.dim)], sigma / 4 if a.fault == "noise" else sigma)
+    strategy = UserDPStrategy(run_cfg, corpus.counts, [np.zeros(a.dim)], sigma * NOISE_FACTORS.get(a.fault, 1.0))
     strategy.event = make_event(a.mode, a.sampling_rate, sigma, a.max_examples_per_user)
     released: list[np.ndarray] = []
     strategy.journal = lambda entry, update: released.append(np.array(update, np.float64))
     transport = InProcessTransport(node_cfg, LinearWorker(node_cfg, corpus))
-    with injected(strategy, a.fault, a.dim, rng):
+    sums, expected = [], []
+    with injected(strategy, a.fault, a.dim, rng), recorded_sums(strategy, sums):
         for _ in range(a.rounds):
+            expected.append(strategy.expected_of(strategy.round + 1))
             strategy.run_round(transport)
+    # the noise each release carried, in units of the claimed σC (the sums are known here)
+    noise = (np.array(released) * np.array(expected)[:, None] - np.array(sums)) / (sigma * a.clip_norm)
+    tests = noise_tests(noise, exact=True)
     per_round = directions @ np.array(released).T          # (canaries, rounds): each round's scores
     scores = per_round.sum(axis=1)
     reported = strategy.epsilon()
@@ -206,7 +220,25 @@ def run_pipeline_audit(a: PipelineAuditConfig) -> PipelineAuditResult:
     check = check_release_noise(np.array(released), sigma * a.clip_norm, strategy.expected)
     return PipelineAuditResult(a.mode, a.fault, eps_lb, eps_est, rho, rho_low, reported, a.delta, a.confidence,
                                sigma, r, correct, a.canaries, int(included.sum()), a.rounds,
-                               eps_lb > reported or eps_est > reported or check.flagged, check.to_dict())
+                               eps_lb > reported or eps_est > reported or check.flagged or tests.flagged,
+                               check.to_dict(), tests.to_dict())
+
+
+@contextlib.contextmanager
+def recorded_sums(strategy, sums: list):
+    """Append each round's exact clipped sum (the strategy's `collect`, before noise) to `sums`."""
+    collect = strategy.collect
+
+    def recording(requests, replies):
+        total, st = collect(requests, replies)
+        sums.append(np.array(total, np.float64).ravel())
+        return total, st
+
+    strategy.collect = recording
+    try:
+        yield
+    finally:
+        strategy.collect = collect
 
 
 @contextlib.contextmanager
@@ -219,7 +251,7 @@ def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
     from . import strategy as module
 
     honest, collect = module.release, strategy.collect
-    if fault not in ("partial-noise", "partial-noise-25", "count-division"):
+    if fault not in ("partial-noise", "partial-noise-25", "count-division", "reused-noise"):
         yield
         return
     quiet = rng.random(dim) < (0.25 if fault == "partial-noise-25" else 0.05)
@@ -230,8 +262,10 @@ def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
         seen["records"] = max(st["records"], 1)
         return total, st
 
-    def faulty(total, clip_norm, sigma, expected, gen):
-        rel = honest(total, clip_norm, sigma, expected, gen)
+    def faulty(total, clip_norm, sigma, expected, gen, stream=None):
+        if fault == "reused-noise":
+            return faulty_release(fault, honest)(total, clip_norm, sigma, expected, gen, stream)
+        rel = honest(total, clip_norm, sigma, expected, gen, stream)
         if fault == "count-division":
             return Release(rel.update * expected / seen["records"], rel.noise_std, expected)
         update = rel.update.copy()
@@ -243,6 +277,25 @@ def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
         yield
     finally:
         module.release, strategy.collect = honest, collect
+
+
+def faulty_release(fault: str, honest):
+    """`honest` (the signature of `fl_userdp.mechanism.aggregate.release`) with a fault in its noise, for testing
+    auditors: "noise-95" draws 0.95σ; "reused-noise" draws noise for the first half of the coordinates and
+    adds the same draws to the second half; anything else is `honest` itself."""
+    from fl_userdp.mechanism.aggregate import Release
+    from fl_userdp.mechanism.noise import gaussian_noise
+
+    def release(total, clip_norm, sigma, expected, rng, stream=None):
+        if fault == "noise-95":
+            return honest(total, clip_norm, 0.95 * sigma, expected, rng, stream)
+        if fault != "reused-noise":
+            return honest(total, clip_norm, sigma, expected, rng, stream)
+        flat = np.asarray(total, np.float64).ravel()
+        half = gaussian_noise((flat.size + 1) // 2, sigma * clip_norm, rng)
+        noisy = flat + np.concatenate([half, half])[:flat.size]
+        return Release((noisy / expected).reshape(np.shape(total)), sigma * clip_norm, expected)
+    return release
 
 
 def snr_ratio(per_round: np.ndarray, included: np.ndarray, cfg: RunConfig, sigma: float, rounds: int,

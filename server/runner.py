@@ -401,7 +401,8 @@ def _run_mode(cfg: RunConfig, setup: Setup, transport: Transport, evaluate: Eval
     def save() -> None:
         meta, arrays = strategy.state()
         save_checkpoint(checkpoint_path(out, mode), {**meta, "run_id": log.run_id}, arrays)
-        log.compact(strategy.round)
+        if not cfg.keep_releases:  # kept: `fl-userdp audit --run` tests them
+            log.compact(strategy.round)
         if noise is not None:
             noise.compact(strategy.round)
 

@@ -109,7 +109,8 @@ Journal = Callable[[dict[str, Any], np.ndarray], None]  # (ledger entry, release
 
 
 # Keys that may differ between a checkpoint and the run that resumes it.
-RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "train.eval-every", "privacy.max-epsilon")
+RESUMABLE_KEYS = ("train.rounds", "out", "checkpoint-every", "keep-releases", "train.eval-every",
+                  "privacy.max-epsilon")
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Default: the mechanism-level audit (`fl_userdp.study.audit`: its own sampling and
 release; checks noise and accountant). `--pipeline`: canary users through
 the real round loop (`fl_userdp.server.audit`: strategy, node code, validation, noise,
-ledger), which also catches bugs in sampling, clipping and validation.
+ledger), which also catches bugs in sampling, clipping and validation. `--run DIR`: the noise of an
+existing run, from its own release logs (`fl_userdp.study.run_audit`).
 Exit status 3 when the audit flags the run.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ MECHANISM_DEFAULTS = dict(canaries=2000, dim=4000, rounds=50, sampling_rate=0.5,
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", action="store_true",
                    help="audit the real pipeline (strategy + linear-task nodes) instead of the mechanism alone")
+    p.add_argument("--run", metavar="DIR",
+                   help="test the noise of an existing run from its release logs (scale, floor, reuse; each "
+                        "test's alpha and power printed); keep the updates with --set keep-releases=true")
     p.add_argument("--mode", default="uls", help="uls or els")
     p.add_argument("--canaries", type=int, help="number of canary users (2000; --pipeline: 1000)")
     p.add_argument("--dim", type=int, help="dimension of the canary directions (4000; --pipeline: 2000)")
@@ -34,10 +38,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-scale", type=float, default=1.0,
                    help="fault injection (mechanism audit): multiply the noise actually added (not the accounted σ)")
     p.add_argument("--inject-fault", default="none",
-                   choices=["none", "noise", "clip", "sampling", "partial-noise", "partial-noise-25", "count-division"],
-                   help="fault injection (--pipeline), to test the auditor: noise σ/4, nodes clip at 4C, "
-                        "sampling at 2q, noise withheld from 5%% / 25%% of the coordinates, the release divided "
-                        "by the realised count — each while the ledger is told the correct value")
+                   choices=["none", "noise", "noise-95", "noise-90", "clip", "sampling", "partial-noise",
+                            "partial-noise-25", "count-division", "reused-noise"],
+                   help="fault injection (--pipeline), to test the auditor: noise σ/4, 0.95σ, 0.9σ, nodes clip at "
+                        "4C, sampling at 2q, noise withheld from 5%% / 25%% of the coordinates, the release divided "
+                        "by the realised count, one noise draw added to two coordinates — each while the ledger "
+                        "is told the correct value")
     p.add_argument("--json", action="store_true")
 
 
@@ -46,6 +52,8 @@ def _given(a: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def audit_cmd(a: argparse.Namespace) -> int:
+    if a.run is not None:
+        return _run(a)
     if a.pipeline:
         return _pipeline(a)
     from ..study.audit import AuditConfig, run_audit
@@ -77,10 +85,10 @@ def _pipeline(a: argparse.Namespace) -> int:
                               **_given(a, ("canaries", "dim", "rounds", "sampling_rate", "target_epsilon",
                                            "confidence")))
     res = run_pipeline_audit(cfg)
-    nc = res.noise_check
+    nc, nt = res.noise_check, res.noise_tests
     verdict = ("FLAGGED: the run leaks more than its ledger says" if res.flagged
                else "consistent: neither the lower bound nor the estimate exceeds the reported epsilon, and the "
-               "released noise matches the claimed")
+               "released noise matches the claimed (scale, floor, no draw used twice)")
     text = (f"pipeline audit ({res.mode}{', injected fault: ' + res.fault if res.fault != 'none' else ''}): "
             f"reported epsilon {fmt_eps(res.epsilon_reported)} (delta {res.delta:g}, sigma {res.noise_multiplier:.4g})\n"
             f"empirical lower bound {res.epsilon_lower_bound:.4g} at {100 * res.confidence:g}% confidence "
@@ -89,6 +97,28 @@ def _pipeline(a: argparse.Namespace) -> int:
             f"lower bound {res.snr_ratio_lower:.3g}x)\n"
             f"noise check: {nc['coords_low']} coordinates below the noise floor (a correct run: <= {nc['coords_allowed']}), "
             f"round scales chi2 {nc['scale_chi2']:.1f} (p {nc['scale_p']:.2g}), mean scale {nc['mean_scale']:.3f} "
-            f"of the claimed\n{verdict}")
+            f"of the claimed\n"
+            f"noise itself (release x E - the exact sum, {nt['rounds']} x {nt['coords']} values): scale "
+            f"{nt['scale_ratio']:.4f} of the claimed (one-sided chi2 p {nt['scale_p']:.2g}, alpha "
+            f"{nt['alpha']['scale']:g}; power at 0.95x: {nt['scale_power_95']:.3g}), smallest coordinate-pair "
+            f"statistic {nt['pairs_min']:.3g} (flag below {nt['pairs_threshold']:.3g}, alpha {nt['alpha']['pairs']:g}),"
+            f" round-pair p {nt['rounds_p']:.2g} (alpha {nt['alpha']['rounds']:g})"
+            f"{''.join(chr(10) + '  ' + f for f in nt['failures'])}\n{verdict}")
     emit(res.to_dict(), a.json, text)
     return 3 if res.flagged else 0
+
+
+def _run(a: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..study.run_audit import audit_run, describe
+
+    if a.pipeline:
+        raise ConfigError("--run", a.run, "audits an existing run; it does not go with --pipeline")
+    results = audit_run(a.run)
+    flagged = [r for r in results if r.flagged]
+    failures = [f"{r.mode}: {f}" for r in flagged for f in r.tests.failures]
+    verdict = ("FLAGGED: " + "; ".join(failures)) if failures else \
+        "consistent: no test finds less noise than claimed or a noise draw used twice (see each test's power)"
+    text = "\n".join([f"audit of run {a.run} (its release logs only)", *map(describe, results), verdict])
+    emit({"run": str(a.run), "modes": [r.to_dict() for r in results], "flagged": bool(flagged)}, a.json, text)
+    return 3 if flagged else 0

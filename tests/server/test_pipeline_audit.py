@@ -17,6 +17,18 @@ def test_correct_pipeline_is_not_flagged(mode):
     assert res.epsilon_lower_bound <= res.epsilon_reported and res.epsilon_estimate <= res.epsilon_reported
     assert 0.5 < res.snr_ratio < 1.3      # the canaries' signal is what the claimed mechanism gives
     assert 0.45 * res.canaries < res.included < 0.55 * res.canaries
+    tests = res.noise_tests                 # the noise itself: as claimed, and the tests could have seen 0.95σ
+    assert not tests["flagged"] and abs(tests["scale_ratio"] - 1) < 0.02 and tests["scale_power_95"] > 0.99
+
+
+@pytest.mark.parametrize("mode", ["uls", "els"])
+@pytest.mark.parametrize("fault,kind", [("noise-95", "noise scale"), ("reused-noise", "two coordinates")])
+def test_a_5_percent_noise_shortfall_and_a_reused_draw_are_flagged(mode, fault, kind):
+    """0.95σ while the ledger is told σ, and one draw added to two coordinates (half the coordinates reusing
+    the other half's: their difference is noise-free) hardly move the canaries; the tests of the noise
+    itself (the release times E minus the exact sum) flag them."""
+    res = run_pipeline_audit(PipelineAuditConfig(mode=mode, fault=fault, seed=1))
+    assert res.flagged and any(f.startswith(kind) for f in res.noise_tests["failures"])
 
 
 @pytest.mark.parametrize("mode", ["uls", "els"])
