@@ -15,7 +15,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .accounting.calibration import MAX_SIGMA
+from .accounting.events import DELTA_FLOOR_WHY, MAX_EXAMPLES_PER_USER, MAX_STEPS, MIN_DELTA, MIN_NOISE_MULTIPLIER
 from .errors import ConfigError
+from .mechanism.adaptive_clip import MAX_CLIP_LR, min_count_noise
+from .mechanism.aggregate import MAX_NOISE_STD
 from .mechanism.fixed_point import EXACT_RECORDS
 
 
@@ -120,6 +124,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sim: SimConfig = field(default_factory=SimConfig)
 
+
+MAX_SYNTHETIC_MEDIAN = 1e5  # examples per synthetic user (median)...
+MAX_SYNTHETIC_SIGMA = 10.0  # ...and the log-normal spread (the draw itself is checked: data.synthetic_text)
 
 _SECTIONS = {"privacy": PrivacyConfig, "train": TrainConfig, "model": ModelConfig, "data": DataConfig, "sim": SimConfig}
 
@@ -258,12 +265,18 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(p.noise_multiplier is None or 0 <= p.noise_multiplier < math.inf, "privacy.noise-multiplier",
          p.noise_multiplier, "must be >= 0 (or 'auto' to calibrate)")
     need(0 < p.target_epsilon < math.inf, "privacy.target-epsilon", p.target_epsilon, "must be > 0")
-    need(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
+    sigma = MAX_SIGMA if p.noise_multiplier is None else p.noise_multiplier  # "auto": calibrated up to MAX_SIGMA
+    need(sigma * p.clip_norm <= MAX_NOISE_STD, "privacy.clip-norm", p.clip_norm,
+         f"times privacy.noise-multiplier ({'auto, up to ' if p.noise_multiplier is None else ''}{sigma:g}) is the "
+         f"noise's standard deviation, which must be <= {MAX_NOISE_STD:g} (beyond it the release overflows)")
+    need(MIN_DELTA <= p.delta < 1, "privacy.delta", p.delta, f"must be in [{MIN_DELTA:g}, 1) ({DELTA_FLOOR_WHY})")
     need(1e-7 <= p.sampling_rate <= 1, "privacy.sampling-rate", p.sampling_rate, "must be in [1e-07, 1]")
     need(p.noise_multiplier is None or p.noise_multiplier == 0 or p.noise_multiplier >= 0.01,
          "privacy.noise-multiplier", p.noise_multiplier, "must be 0 (no noise) or >= 0.01 (below it epsilon runs "
          "to the thousands and cannot be accounted accurately)")
     need(p.max_examples_per_user >= 1, "privacy.max-examples-per-user", p.max_examples_per_user, "must be >= 1")
+    need(p.max_examples_per_user <= MAX_EXAMPLES_PER_USER, "privacy.max-examples-per-user", p.max_examples_per_user,
+         f"must be <= {MAX_EXAMPLES_PER_USER:,} (the accountant's bound on the ELS mixture)")
     _check_mechanism(p)
     need(p.accountant in ("pld", "rdp", "group") or _PLUGIN.match(p.accountant) is not None, "privacy.accountant",
          p.accountant, "must be 'pld', 'rdp', 'group' or a plug-in 'package.module:Factory'")
@@ -274,9 +287,15 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(p.max_epsilon is None or p.max_epsilon > 0, "privacy.max-epsilon", p.max_epsilon, "must be > 0")
     need(p.adaptive_clip_quantile is None or 0 < p.adaptive_clip_quantile < 1, "privacy.adaptive-clip-quantile",
          p.adaptive_clip_quantile, "must be in (0, 1) (or 'none' for a fixed clip norm)")
-    need(0 < p.adaptive_clip_lr < math.inf, "privacy.adaptive-clip-lr", p.adaptive_clip_lr, "must be > 0")
+    need(0 < p.adaptive_clip_lr <= MAX_CLIP_LR, "privacy.adaptive-clip-lr", p.adaptive_clip_lr,
+         f"must be in (0, {MAX_CLIP_LR:g}] (a round moves C by at most e^η)")
     need(p.count_noise_multiplier is None or 0 < p.count_noise_multiplier < math.inf,
          "privacy.count-noise-multiplier", p.count_noise_multiplier, "must be > 0 (or 'auto')")
+    if p.adaptive_clip_quantile is not None and p.count_noise_multiplier is not None and p.noise_multiplier:
+        least = min_count_noise(p.noise_multiplier, MIN_NOISE_MULTIPLIER)
+        need(p.count_noise_multiplier >= least, "privacy.count-noise-multiplier", p.count_noise_multiplier,
+             f"must be >= {least:.6g} with privacy.noise-multiplier {p.noise_multiplier:g}: the round's joint "
+             f"release (sum and count) needs a multiplier >= {MIN_NOISE_MULTIPLIER:g}")
     need(p.loss_bound is None or 0 < p.loss_bound < math.inf, "privacy.loss-bound", p.loss_bound,
          "must be > 0 (or 'auto': ln(model.vocab-size) for model.name 'tiny')")
     need(p.loss_noise_multiplier is None or 0 < p.loss_noise_multiplier < math.inf,
@@ -286,7 +305,7 @@ def _check(cfg: RunConfig) -> RunConfig:
          "is for 'tiny'): the largest per-record training loss the release counts")
     need(not p.private_loss or p.mechanism == "independent", "privacy.private-loss", p.private_loss,
          "must be false with privacy.mechanism 'bandmf' (its loss release is accounted with independent noise)")
-    need(t.rounds >= 1, "train.rounds", t.rounds, "must be >= 1")
+    need(1 <= t.rounds <= MAX_STEPS, "train.rounds", t.rounds, f"must be in [1, {MAX_STEPS:,}]")
     need(t.server_optimizer in ("sgd", "adam"), "train.server-optimizer", t.server_optimizer, "must be 'sgd' or 'adam'")
     need(0 < t.server_lr < math.inf, "train.server-lr", t.server_lr, "must be > 0")
     need(t.update in ("gradient", "local-steps"), "train.update", t.update, "must be 'gradient' or 'local-steps'")
@@ -324,8 +343,10 @@ def _check(cfg: RunConfig) -> RunConfig:
          "must be 'synthetic', 'shakespeare' or an existing path")
     need(d.num_users >= 1, "data.num-users", d.num_users, "must be >= 1")
     need(d.heldout_users >= 0, "data.heldout-users", d.heldout_users, "must be >= 0")
-    need(d.examples_per_user_median >= 1, "data.examples-per-user-median", d.examples_per_user_median, "must be >= 1")
-    need(d.examples_per_user_sigma >= 0, "data.examples-per-user-sigma", d.examples_per_user_sigma, "must be >= 0")
+    need(1 <= d.examples_per_user_median <= MAX_SYNTHETIC_MEDIAN, "data.examples-per-user-median",
+         d.examples_per_user_median, f"must be in [1, {MAX_SYNTHETIC_MEDIAN:g}]")
+    need(0 <= d.examples_per_user_sigma <= MAX_SYNTHETIC_SIGMA, "data.examples-per-user-sigma",
+         d.examples_per_user_sigma, f"must be in [0, {MAX_SYNTHETIC_SIGMA:g}] (the log-normal spread of n_u)")
     need(0 <= d.user_diversity <= 1, "data.user-diversity", d.user_diversity, "must be in [0, 1]")
     need(0 <= d.example_similarity <= 1, "data.example-similarity", d.example_similarity, "must be in [0, 1]")
     need(s.users_per_node >= 1, "sim.users-per-node", s.users_per_node, "must be >= 1")

@@ -100,6 +100,8 @@ class PipelineAuditConfig:
                 raise ConfigError(key, value, req)
         need(self.mode in ("uls", "els"), "mode", self.mode, "must be 'uls' or 'els'")
         need(self.canaries >= 20, "canaries", self.canaries, "must be >= 20")
+        need(self.rounds >= 3, "rounds", self.rounds, "must be >= 3 (the released noise is checked across rounds)")
+        need(self.dim >= 10, "dim", self.dim, "must be >= 10 (the released noise is checked across coordinates)")
         need(self.base_users >= 1, "base-users", self.base_users, "must be >= 1")
         need(self.fault in FAULTS, "fault", self.fault, f"must be one of {list(FAULTS)}")
         need(0 < self.sampling_rate <= 0.5, "sampling-rate", self.sampling_rate,

@@ -102,7 +102,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
-from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
+from fl_userdp.accounting import (calibrate_noise, check_delta_for_users, event_from_dict, event_to_dict,
+                                  make_accountant, make_event)
 from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.clients.dropin import ARRAYS_KEY, CLIP_KEY, CLIPPED_METRIC, FROZEN_KEY
 from fl_userdp.errors import ConfigError
@@ -387,6 +388,7 @@ class UserDP(Strategy):
             if len(nodes) < self.min_available_nodes:
                 raise ConfigError("min_available_nodes", self.min_available_nodes,
                                   f"exceeds the {len(nodes)} connected nodes")
+            check_delta_for_users(self.delta, len(nodes))  # each node is one user
             self.population = nodes
             expected = self.q * len(nodes)
             log(INFO, "%s: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std per "

@@ -28,9 +28,10 @@ from typing import Any, Callable
 import numpy as np
 
 from fl_userdp.records import folder_lock, report
-from fl_userdp.accounting import calibrate_noise, event_from_dict, event_to_dict, make_accountant, make_event
+from fl_userdp.accounting import (calibrate_noise, check_delta_for_users, event_from_dict, event_to_dict,
+                                  make_accountant, make_event)
 from fl_userdp.accounting.plugins import check_supports
-from fl_userdp.mechanism.adaptive_clip import default_count_noise, sum_noise_multiplier
+from fl_userdp.mechanism.adaptive_clip import check_count_noise, default_count_noise, sum_noise_multiplier
 from fl_userdp.mechanism.private_loss import default_loss_noise, without_loss
 from fl_userdp.config import RunConfig, is_task_spec, publish_diagnostics
 from fl_userdp.errors import ConfigError
@@ -117,9 +118,12 @@ def prepare(cfg: RunConfig, modes: list[str] | None = None, resume: bool = False
     from fl_userdp.data.inventory import data_report
 
     setup = Setup(np.asarray(corpus.counts, np.int64), init, data=data_report(corpus, cfg.data))
+    check_delta_for_users(cfg.privacy.delta, len(setup.counts), "privacy.delta")  # N is known from here on
     for mode in modes or [cfg.privacy.mode]:
         logged = logged_sigma(cfg.out, mode) if resume else None
         mcfg = with_mode(cfg, mode)
+        if mcfg.privacy.count_noise_multiplier is not None and mcfg.privacy.adaptive_clip_quantile is not None:
+            check_count_noise(mcfg.privacy.count_noise_multiplier, expected_for(mcfg, setup.counts))
         setup.sigmas[mode] = logged if logged is not None else noise_multiplier(mcfg, expected_for(mcfg, setup.counts))
     return setup
 
@@ -145,6 +149,7 @@ def logged_sigma(out: str | Path, mode: str) -> float | None:
     """σ of the run whose release log for `mode` is in `out` (None when there is none)."""
     run = read_log(log_path(out, mode)).run
     return float(run["noise_multiplier"]) if run else None
+
 
 def run_ids(out: str | Path) -> dict[str, str | None]:
     """{what: the run id it names} for each file in `out` that belongs to a run: the release logs, the

@@ -18,7 +18,8 @@ import math
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
-from .events import ElsStep, Event, UlsRound, event_from_dict, event_to_dict, make_event, participations
+from .events import (DELTA_FLOOR_WHY, MIN_DELTA, ElsStep, Event, UlsRound, event_from_dict, event_to_dict, make_event,
+                     participations)
 from .group import group_epsilon
 from .pld import Run
 from .pld import epsilon as pld_epsilon
@@ -30,8 +31,17 @@ STATE_VERSION = 1
 
 
 def check_delta(delta: float, key: str = "delta") -> float:
-    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not (0.0 < delta < 1.0):
-        raise ConfigError(key, delta, "must be in (0, 1)")
+    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not (MIN_DELTA <= delta < 1.0):
+        raise ConfigError(key, delta, f"must be in [{MIN_DELTA:g}, 1) ({DELTA_FLOOR_WHY})")
+    return float(delta)
+
+
+def check_delta_for_users(delta: float, users: int, key: str = "delta") -> float:
+    """δ < 1/N for N users: δ is the probability that the guarantee may fail outright, and at δ >= 1/N a
+    mechanism that publishes one user's data whole, that user drawn at random, is (0, δ)-DP."""
+    if users >= 1 and delta >= 1.0 / users:
+        raise ConfigError(key, delta, f"must be < 1/N = {1.0 / users:.6g} for N = {users:,} training users (δ is "
+                                      "the chance that the guarantee fails outright)")
     return float(delta)
 
 

@@ -10,7 +10,7 @@ import math
 
 from ..errors import ConfigError
 from .accountant import epsilon_for
-from .events import MIN_NOISE_MULTIPLIER, make_event
+from .events import MIN_NOISE_MULTIPLIER, check_steps, make_event
 
 MAX_SIGMA = 1e4
 
@@ -30,12 +30,15 @@ def calibrate_noise(
     groups, ⌈steps/bands⌉ participations — `fl_userdp.accounting.events.participations`)."""
     if not isinstance(target_epsilon, (int, float)) or not (target_epsilon > 0) or math.isinf(target_epsilon):
         raise ConfigError("target-epsilon", target_epsilon, "must be a finite number > 0")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError("steps", steps, "must be an integer >= 0")
+    check_steps(steps)
 
     def eps(sigma: float) -> float:
-        event = make_event(mode, sampling_rate, sigma, max_examples_per_user, bands)
-        return epsilon_for([(event, steps)], delta, backend)
+        if sigma not in seen:  # (the search revisits the σ it doubled to last)
+            event = make_event(mode, sampling_rate, sigma, max_examples_per_user, bands)
+            seen[sigma] = epsilon_for([(event, steps)], delta, backend)
+        return seen[sigma]
+
+    seen: dict[float, float] = {}
 
     if steps == 0:
         make_event(mode, sampling_rate, 0.0, max_examples_per_user, bands)  # validates

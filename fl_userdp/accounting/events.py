@@ -41,6 +41,17 @@ MODES = ("uls", "els")
 
 MIN_SAMPLING_RATE = 1e-7      # below: a cohort of ~1 needs > 10^7 users, and the PLD's tails underflow
 MIN_NOISE_MULTIPLIER = 0.01   # a positive σ below this: ε in the thousands and the PLD's losses overflow
+MIN_DELTA = 1e-12             # below: the PLD's own truncated tail (1e-15 per composition) is no longer small
+DELTA_FLOOR_WHY = "below it the accountant's own truncated tail mass, 1e-15 per composition, is no longer small"
+MAX_EXAMPLES_PER_USER = 10_000  # k above this: the ELS mixture's components alone outgrow the accountant's bounds
+MAX_STEPS = 1_000_000         # releases one accounting call composes (a calibration answers within a minute)
+
+
+def check_steps(steps: int, key: str = "steps") -> int:
+    """`steps` as an integer in [0, MAX_STEPS], or ConfigError naming `key`."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= MAX_STEPS:
+        raise ConfigError(key, steps, f"must be an integer in [0, {MAX_STEPS:,}]")
+    return int(steps)
 
 
 def _check_rate(q: float) -> None:
@@ -98,6 +109,9 @@ class ElsStep:
         k = self.max_examples_per_user
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError("max-examples-per-user", k, "must be an integer >= 1")
+        if k > MAX_EXAMPLES_PER_USER:
+            raise ConfigError("max-examples-per-user", k, f"must be <= {MAX_EXAMPLES_PER_USER:,} (the accountant's "
+                              "bound on the ELS mixture)")
 
     mode = "els"
 

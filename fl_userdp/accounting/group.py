@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from .events import ElsStep, UlsRound
-from .pld import FINEST_INTERVAL, Run, composed_pld, is_infinite
+from .pld import (FINEST_INTERVAL, Run, accounted, composed_pld, fitting_interval, is_infinite, pld_deltas,
+                  pld_epsilon_for_delta)
 
 SCAN_POINTS = 20001
 SCAN_WIDTH = 50.0  # how far above the smallest candidate ε' we look
@@ -23,7 +24,7 @@ SCAN_WIDTH = 50.0  # how far above the smallest candidate ε' we look
 
 def group_epsilon(runs: Sequence[Run], delta: float) -> float:
     """User-level ε from example-level accounting plus group privacy."""
-    runs = [(e, int(c)) for e, c in runs if int(c) > 0]
+    runs = accounted([(e, int(c)) for e, c in runs if int(c) > 0])
     if not runs:
         return 0.0
     if is_infinite(runs):
@@ -31,12 +32,17 @@ def group_epsilon(runs: Sequence[Run], delta: float) -> float:
     ks = {e.max_examples_per_user for e, _ in runs if isinstance(e, ElsStep)}
     k = max(ks)
     example_runs = [(UlsRound(e.sampling_rate, e.noise_multiplier), c) for e, c in runs]
-    pld = composed_pld(example_runs, FINEST_INTERVAL)
+    interval = fitting_interval(example_runs, FINEST_INTERVAL)  # finer than the bounds allow: coarser
+    if interval is None:
+        return math.inf
+    pld = composed_pld(example_runs, interval)
     if k == 1:
-        return float(pld.get_epsilon_for_delta(delta))
-    lowest = float(pld.get_epsilon_for_delta(delta / k))
+        return float(pld_epsilon_for_delta(pld, delta))
+    lowest = float(pld_epsilon_for_delta(pld, delta / k))
+    if not math.isfinite(lowest):
+        return math.inf
     grid = lowest + np.linspace(0.0, SCAN_WIDTH / (k - 1), SCAN_POINTS)
-    deltas = np.asarray(pld.get_delta_for_epsilon(grid), dtype=float)
+    deltas = pld_deltas(pld, grid)
     with np.errstate(over="ignore"):
         group_deltas = k * np.exp((k - 1) * grid) * deltas
     ok = np.nonzero(group_deltas <= delta)[0]

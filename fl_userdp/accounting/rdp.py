@@ -19,7 +19,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from ..errors import ConfigError
 from .events import ElsStep
-from .pld import Run, is_infinite
+from .pld import Run, accounted, is_infinite
 
 
 @contextmanager
@@ -48,7 +48,7 @@ def check_supported(runs_or_mode) -> None:
 
 
 def rdp_epsilon(runs: Sequence[Run], delta: float) -> float:
-    runs = [(e, int(c)) for e, c in runs if int(c) > 0]
+    runs = accounted([(e, int(c)) for e, c in runs if int(c) > 0])
     check_supported(runs)
     if not runs:
         return 0.0

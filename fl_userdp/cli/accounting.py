@@ -37,10 +37,9 @@ def configure_epsilon(p: argparse.ArgumentParser) -> None:
 
 
 def epsilon_cmd(a: argparse.Namespace) -> int:
-    from ..accounting import check_backend, check_delta, epsilon_for, make_event
+    from ..accounting import check_backend, check_delta, check_steps, epsilon_for, make_event
 
-    if a.steps < 0:
-        raise ConfigError("--steps", a.steps, "must be >= 0")
+    check_steps(a.steps, "--steps")
     check_delta(a.delta, "--delta")
     bands = _bands(a)
     event = make_event(a.mode, a.sampling_rate, a.noise_multiplier, a.max_examples_per_user, a.bands)
@@ -64,10 +63,9 @@ def configure_calibrate(p: argparse.ArgumentParser) -> None:
 
 
 def calibrate_cmd(a: argparse.Namespace) -> int:
-    from ..accounting import calibrate_noise, check_backend, check_delta, make_event
+    from ..accounting import calibrate_noise, check_backend, check_delta, check_steps, make_event
 
-    if a.steps < 0:
-        raise ConfigError("--steps", a.steps, "must be >= 0")
+    check_steps(a.steps, "--steps")
     check_delta(a.delta, "--delta")
     bands = _bands(a)
     make_event(a.mode, a.sampling_rate, 1.0, a.max_examples_per_user, a.bands)

@@ -246,8 +246,12 @@ def read_pilot(path: str):
 
     from ..study.advisor import Pilot
 
+    from .. import json_input
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json_input.loads(Path(path).read_text(encoding="utf-8"))
+    except json_input.BadJson as err:
+        raise ConfigError("--pilot", path, f"is not usable JSON ({err})") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError("--pilot", path, f"is not a readable JSON file ({err.__class__.__name__})") from None
     if not isinstance(data, dict):

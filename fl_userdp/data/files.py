@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import json_input
 from ..errors import ConfigError
 from .inventory import NO_TEXT, NO_USER, Dropped
 
@@ -90,9 +91,11 @@ def read_jsonl(path: Path, user_column: str, text_column: str) -> UserTexts:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json_input.loads(line)
                 except json.JSONDecodeError as err:
                     raise _bad(path, f"is not valid JSONL (line {lineno}: {err.msg})") from None
+                except json_input.BadJson as err:
+                    raise _bad(path, f"is not valid JSONL (line {lineno}: {err})") from None
                 if not isinstance(row, dict):
                     raise _bad(path, f"is not valid JSONL (line {lineno} is not an object)")
                 rows.append(row)
@@ -147,11 +150,13 @@ def _leaf_text(x: Any) -> str | None:
 def read_leaf(path: Path) -> UserTexts:
     try:
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            doc = json_input.loads(f.read())
     except (OSError, UnicodeDecodeError) as err:
         raise _bad(path, f"is not readable ({err.__class__.__name__})") from None
     except json.JSONDecodeError as err:
         raise _bad(path, f"is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except json_input.BadJson as err:
+        raise _bad(path, f"is not valid JSON ({err})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("user_data"), dict):
         raise _missing(path, "data.source", "user_data", doc.keys() if isinstance(doc, dict) else [])
     users = doc.get("users") or list(doc["user_data"])
@@ -160,7 +165,10 @@ def read_leaf(path: Path) -> UserTexts:
         record = doc["user_data"].get(u)
         if not isinstance(record, dict) or "x" not in record:
             raise _missing(path, "data.text-column", f"user_data[{u!r}].x", record.keys() if isinstance(record, dict) else [])
-        pairs.extend((u, _leaf_text(x)) for x in record["x"])
+        try:
+            pairs.extend((u, _leaf_text(x)) for x in record["x"])
+        except RecursionError:
+            raise _bad(path, f"is not valid LEAF JSON (user_data[{u!r}].x nests lists too deeply)") from None
     return _group(path, pairs)
 
 

@@ -46,9 +46,16 @@ P_PERSONAL = 0.15     # chance a token is one of the user's favourites
 NUM_FAVOURITES = 4
 
 
+MAX_USER_EXAMPLES = 1_000_000  # examples one synthetic user may draw
+
+
 def draw_counts(rng: np.random.Generator, num: int, median: float, sigma: float) -> np.ndarray:
-    """n_u ~ round(LogNormal(log median, sigma)), at least 1 (int64)."""
+    """n_u ~ round(LogNormal(log median, sigma)), at least 1 (int64); a draw above MAX_USER_EXAMPLES is refused
+    (naming data.examples-per-user-sigma), as a user's examples are generated whole."""
     raw = rng.lognormal(mean=np.log(median), sigma=sigma, size=num)
+    if raw.size and not raw.max() <= MAX_USER_EXAMPLES:
+        raise ConfigError("data.examples-per-user-sigma", sigma, f"draws a user with {raw.max():.3g} examples "
+                          f"around the median {median:g} (at most {MAX_USER_EXAMPLES:,}): lower it or the median")
     return np.maximum(1, np.rint(raw)).astype(np.int64)
 
 

@@ -31,6 +31,7 @@ import math
 from ..errors import ConfigError
 
 COUNT_NOISE_FRACTION = 1 / 20  # default σ_b = expected count / 20
+MAX_CLIP_LR = 10.0  # η: one round moves C by a factor of at most e^η
 
 
 def default_count_noise(expected: float) -> float:
@@ -56,11 +57,29 @@ def sum_noise_multiplier(sigma_eff: float, count_sigma: float) -> float:
     return rest ** -0.5
 
 
+def min_count_noise(sigma: float, least_effective: float) -> float:
+    """The smallest σ_b for which the joint release with the sum's σ has σ_eff >= `least_effective` (inf when
+    σ itself is below it)."""
+    rest = least_effective ** -2 - sigma ** -2
+    return math.inf if rest <= 0 else 0.5 * rest ** -0.5
+
+
+def check_count_noise(count_sigma: float, expected: float, key: str = "privacy.count-noise-multiplier") -> None:
+    """σ_b at most the expected count E: above it the released fraction's noise (σ_b/E) exceeds the whole
+    range [0, 1] of what it estimates, and C would follow the noise."""
+    if count_sigma > expected:
+        raise ConfigError(key, count_sigma, f"must be <= the expected count {expected:.4g} (the noise on the "
+                          "unclipped fraction it releases is σ_b / expected count, and above 1 C follows the noise)")
+
+
 def unclipped_fraction(noisy_centred_count: float, expected: float) -> float:
     """b̃: the released centred count over the expected count, plus ½."""
     return noisy_centred_count / expected + 0.5
 
 
 def next_clip_norm(clip_norm: float, fraction: float, quantile: float, lr: float) -> float:
-    """C · exp(−η (b̃ − γ)) (the geometric update)."""
+    """C · exp(−η (b̃ − γ)) (the geometric update), with b̃ taken into [0, 1], where the fraction it estimates
+    lies (post-processing of the released count: no privacy cost; it keeps a wild noise draw from moving C by
+    more than e^η in one round)."""
+    fraction = min(max(fraction, 0.0), 1.0)
     return float(clip_norm * math.exp(-lr * (fraction - quantile)))

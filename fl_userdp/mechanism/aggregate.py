@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from .noise import gaussian_noise
+
+MAX_NOISE_STD = 1e100  # σ·C: a noise deviation beyond it makes releases that overflow (inf, then nan weights)
 
 
 def split_flat(flat: np.ndarray, shapes) -> list[np.ndarray]:
@@ -50,6 +53,9 @@ def release(total: np.ndarray, clip_norm: float, noise_multiplier: float, expect
     if expected <= 0:
         raise ValueError(f"expected count must be > 0, got {expected}")
     std = noise_multiplier * clip_norm
+    if not std <= MAX_NOISE_STD:  # also nan
+        raise ConfigError("privacy.clip-norm", clip_norm, f"times the noise multiplier {noise_multiplier:g} is the "
+                          f"noise's standard deviation, which must be <= {MAX_NOISE_STD:g}")
     flat = np.asarray(total, dtype=np.float64).ravel()
     if stream is None:
         noisy = flat + gaussian_noise(flat.size, std, rng)

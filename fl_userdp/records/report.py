@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..errors import ConfigError
+
 METRICS = "metrics.jsonl"
 DIAGNOSTICS = "diagnostics"
 COVERED = ("round", "mode", "epsilon", "delta", "noise_multiplier", "clip_norm", "expected_count", "eval_loss",
@@ -129,6 +131,18 @@ def append_record(path: str | Path, record: dict[str, Any], publish_diagnostics:
         fh.flush()
 
 
+def _complete_record(path: Path, number: int, line: str) -> dict[str, Any]:
+    """One complete line of metrics.jsonl; a damaged one is refused (ConfigError naming the folder, `out`)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ConfigError("out", str(path), f"holds a damaged {path.name} (line {number} is not JSON: {err.msg})") \
+            from None
+    if not isinstance(record, dict):
+        raise ConfigError("out", str(path), f"holds a damaged {path.name} (line {number} is not a JSON object)")
+    return record
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """All records, flat (`flat_record`); a last line cut short by a crash mid-write is skipped."""
     p = Path(path)
@@ -136,7 +150,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         return []
     lines = p.read_text(encoding="utf-8").split("\n")
     tail = lines.pop()  # "" when the file ends with a newline
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = [_complete_record(p, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if tail.strip():
         try:
             records.append(json.loads(tail))

@@ -283,8 +283,9 @@ def format_plan(plan: Plan) -> str:
 
 def read_counts(path: str) -> np.ndarray:
     """Examples per user from a file: a JSON list, or integers separated by whitespace/commas/newlines."""
-    import json
     from pathlib import Path
+
+    from .. import json_input
 
     p = Path(path)
     try:
@@ -292,7 +293,10 @@ def read_counts(path: str) -> np.ndarray:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("--counts-file", str(p), f"is not readable ({err.__class__.__name__})") from None
     try:
-        values = json.loads(text) if text.lstrip().startswith("[") else [float(t) for t in text.replace(",", " ").split()]
+        values = json_input.loads(text) if text.lstrip().startswith("[") \
+            else [float(t) for t in text.replace(",", " ").split()]
+    except json_input.BadJson as err:
+        raise ConfigError("--counts-file", str(p), f"is not usable JSON ({err})") from None
     except ValueError:
         raise ConfigError("--counts-file", str(p), "must hold integers (a JSON list or one per line)") from None
     if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
