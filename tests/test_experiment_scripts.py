@@ -52,6 +52,7 @@ SMOKE = {
     "experiments/mutation/run.py": "here",
     "experiments/pfl_linear.py": "here",
     "experiments/compute/run.py": "here",
+    "experiments/compute/report.py": "tests/test_compute_study.py",
     "experiments/compute/heldout_corpus.py": "tests/test_heldout_corpus.py",
 }
 HELP = sorted(s for s, how in SMOKE.items() if how == "here" and s.endswith(".py"))
@@ -77,7 +78,11 @@ def test_every_script_the_docs_name_has_a_smoke_test():
 
 @pytest.fixture
 def script_env(monkeypatch):
-    """Run experiment scripts in this process: their folder on sys.path, their modules forgotten after."""
+    """Run experiment scripts in this process: their folder on sys.path, their modules forgotten before (another
+    test may have imported a study's `run` or `report` by that bare name) and after."""
+    for name in [n for n in sys.modules if "." not in n]:
+        if str(ROOT / "experiments") in str(getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
     before = set(sys.modules)
     yield monkeypatch
     for name in set(sys.modules) - before:
