@@ -29,8 +29,9 @@ Every rung is bounded in size, so that an answer takes bounded time and memory
 (what its construction evaluates), and each composed PLD at most `MAX_POINTS`.
 A rung that would pass a bound runs at the finest interval that keeps within it
 instead (each coarser interval is still an upper bound) and ends the ladder; a
-composition no interval up to `MAX_INTERVAL` can hold (ε in the millions at
-least) is reported as ε = inf (`fitting_interval`). Noise multipliers above
+composition no interval up to `MAX_INTERVAL` can hold (a step's loss spanning
+more than 2.7·10⁸ nats, or 1.1·10⁹ / its mixture components; composed, more than
+1.1·10⁹) is reported as ε = inf (`fitting_interval`). Noise multipliers above
 `MAX_ACCOUNTED_NOISE` are accounted as `MAX_ACCOUNTED_NOISE` (`accounted`): more
 noise is post-processing of less, so the ε of less noise bounds the ε of more,
 and the library's arithmetic overflows at σ near 1e154. Dense single-step PMFs
@@ -77,7 +78,7 @@ CACHE_POINTS = 2**24  # support points of step PLDs (and their log-MGFs) kept fo
 MAX_ACCOUNTED_NOISE = 1e6  # larger noise multipliers are accounted at this one (an upper bound)
 MAX_COARSENINGS = 16  # tries at coarser intervals before a composition is reported as inf
 FEW_RELEASES = 64  # up to this many releases, a composed support is estimated as count x the step's
-MAX_INTERVAL = 64.0  # coarsest interval (the library's connect-the-dots overflows at e^h, h > 709)
+MAX_INTERVAL = 512.0  # coarsest interval (the library's connect-the-dots overflows at e^h, h > 709)
 
 Run = tuple[Event, int]  # an event released `count` times
 
@@ -274,9 +275,10 @@ def _composed_points(runs: Sequence[Run], interval: float) -> int:
 
 def fitting_interval(runs: Sequence[Run], interval: float) -> float | None:
     """The smallest interval >= `interval` (up to a factor) at which the runs' step and composed PLDs keep within
-    the size bounds; None when none up to MAX_INTERVAL does. That needs a privacy loss spanning more than
-    MAX_INTERVAL · MAX_STEP_POINTS ≈ 3·10⁷ nats in one step, or MAX_INTERVAL · MAX_POINTS ≈ 1.3·10⁸ nats composed
-    (over at most MAX_STEPS releases): ε is then far beyond anything meaningful, and is reported as inf."""
+    the size bounds; None when none up to MAX_INTERVAL does: a step's privacy loss spanning more than
+    MAX_INTERVAL · MAX_STEP_POINTS ≈ 2.7·10⁸ nats, or MAX_INTERVAL · MAX_STEP_WORK ≈ 1.1·10⁹ over its mixture
+    components, or a composed one more than MAX_INTERVAL · MAX_POINTS ≈ 1.1·10⁹ nats. ε is then reported as inf
+    (an upper bound)."""
     runs = [(e, int(c)) for e, c in runs if int(c) > 0]
     for event, count in runs:  # estimated before any PLD is built...
         points, work = _step_work(event, interval)

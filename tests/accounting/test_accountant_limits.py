@@ -131,8 +131,8 @@ def test_a_rung_past_the_size_bounds_runs_coarser_and_stays_an_upper_bound(monke
 
 
 def test_no_interval_can_hold_it_reports_inf():
-    """A step whose privacy loss spans more than MAX_INTERVAL x MAX_STEP_POINTS nats has ε in the millions at
-    least: inf, at once."""
+    """A step whose privacy loss spans more than MAX_INTERVAL x MAX_STEP_POINTS nats (here ε is about 3.3e8 a step,
+    a Gaussian of sensitivity 256 at σ = 0.01): inf, at once."""
     from fl_userdp.accounting import ElsStep
 
     assert pld.fitting_interval([(ElsStep(1.0, 0.01, 256), 10)], pld.FINEST_INTERVAL) is None
