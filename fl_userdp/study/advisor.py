@@ -275,18 +275,19 @@ def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: 
             if q <= 1:
                 sigma, eps = calibrate(mode, epsilon, delta, q, T, cap if mode == "els" else None, rel_tol=REL_TOL,
                                        **extra)
-                calibrated[mode, cap] = (q, float(sigma), float(eps))
+                n_eff = effective_examples(reached(mode, n, cap, q / bands, T), rho)   # the resamples share it
+                calibrated[mode, cap] = (q, float(sigma), float(eps), n_eff)
 
     def options(users: np.ndarray, cosine: float) -> dict[str, list[Option]]:
         out: dict[str, list[Option]] = {"els": [], "uls": []}
-        for (mode, cap), (q, sigma, eps) in calibrated.items():
+        for (mode, cap), (q, sigma, eps, n_eff) in calibrated.items():
             records = B if mode == "els" else q * N / bands
-            s_data = data_snr(effective_examples(reached(mode, n, cap, q / bands, T), rho), cosine)
+            s_data = data_snr(n_eff, cosine)
             rec = _records(pilot, mode, cap, users)
-            table = pilot.example_cosine if mode == "els" else pilot.user_cosine
-            table = {c: table[min(table, key=lambda m: (abs(m - c), -m))] for c in (cap,)}
+            measured = pilot.example_cosine if mode == "els" else pilot.user_cosine
+            cap_cosine = measured[min(measured, key=lambda m: (abs(m - cap), -m))]   # the nearest measured cap's
             if rec is None:
-                clips = [(1.0, table[cap], 1.0, 1.0)]
+                clips = [(1.0, cap_cosine, 1.0, 1.0)]
             else:
                 norms, cos = rec
                 clips = []
@@ -297,7 +298,7 @@ def advise(counts: Sequence[int] | np.ndarray, examples_per_step: float, steps: 
             for clip, m1, m2, frac in clips:
                 s = step_snr(m1, m2, records, sigma * factor, pilot.dim, clip)
                 score = 1.0 / (1.0 / max(T * s, 1e-300) + (1.0 / s_data if s_data > 0 else math.inf))
-                out[mode].append(Option(mode, int(cap), q, sigma, eps, records, B / records, float(table[cap]),
+                out[mode].append(Option(mode, int(cap), q, sigma, eps, records, B / records, float(cap_cosine),
                                         score, q * T / bands, clip, s, s_data, frac))
         return out
 
