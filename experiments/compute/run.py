@@ -31,7 +31,6 @@ Every finished simulation is one keyed line in results.jsonl: an interrupted stu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from experiments.results_log import commit, load  # noqa: E402
+from experiments.results_log import commit, load, simulate_row  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.jsonl"
@@ -110,23 +109,6 @@ def run_config(corpus: str, mode: str, eps: float, steps: int, seed: int, lr: fl
     return cfg
 
 
-def simulate_one(key: str, cfg: dict) -> dict:
-    """One in-process simulation in a worker process: the final held-out loss and what the run used."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-    torch.set_num_threads(1)
-    import fl_userdp
-    t0 = time.perf_counter()
-    mode = cfg["privacy.mode"]
-    run = fl_userdp.simulate(cfg, modes=[mode], backend="inprocess")[mode]
-    recs = run.records
-    clipped = np.array([r["clipped_fraction"] for r in recs if r.get("clipped_fraction") is not None], dtype=float)
-    return {"key": key, "eval_loss": recs[-1]["eval_loss"], "epsilon": run.epsilon, "sigma": run.noise_multiplier,
-            "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"],
-            "clipped_fraction": float(np.nanmean(clipped)) if clipped.size else None,
-            "seconds": round(time.perf_counter() - t0, 2), "config": cfg}
-
-
 class Study:
     """Runs batches of keyed simulations on a process pool, skipping what results.jsonl holds."""
 
@@ -137,7 +119,7 @@ class Study:
     def run(self, batch: dict[str, dict]) -> dict[str, float]:
         """{key: config} -> {key: held-out loss}; runs what is missing, longest first."""
         todo = sorted((k for k in batch if k not in self.done), key=lambda k: -batch[k]["train.rounds"])
-        futures = {k: self.pool.submit(simulate_one, k, batch[k]) for k in todo}
+        futures = {k: self.pool.submit(simulate_row, k, batch[k]) for k in todo}
         for k, fut in futures.items():
             row = fut.result()
             row["commit"], row["time"] = self.rev, time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from experiments.results_log import commit, load  # noqa: E402
+from experiments.results_log import commit, load, simulate_row  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -147,24 +146,6 @@ def run_config(cell: dict, mode: str, cap: int, lr: float, seed: int) -> dict:
                 "train.eval-examples": 64 if cell["sim"] == "smollm2" else 4096,
                 "sim.users-per-node": max(1, len(counts) // 2)})
     return cfg
-
-
-def simulate_one(key: str, cfg: dict, mode: str) -> dict:
-    """One simulation in a worker process: the final held-out loss and what the run used."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-    torch.set_num_threads(1)
-    import fl_userdp
-    t0 = time.perf_counter()
-    run = fl_userdp.simulate(cfg, modes=[mode], backend="inprocess")[mode]
-    recs = run.records
-    clipped = np.array([r["clipped_fraction"] for r in recs if r.get("clipped_fraction") is not None], dtype=float)
-    return {"key": key, "eval_loss": recs[-1]["eval_loss"], "epsilon": run.epsilon, "sigma": run.noise_multiplier,
-            "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"],
-            "clipped_fraction": float(np.nanmean(clipped)) if clipped.size else None,
-            "clipped_fraction_min": float(np.nanmin(clipped)) if clipped.size else None,
-            "users_sampled_mean": float(np.mean([r.get("users_sampled", 0) for r in recs])),
-            "seconds": round(time.perf_counter() - t0, 2), "config": cfg}
 
 
 def tune_key(cell: dict, mode: str, cap: int, lr: float) -> str:
@@ -308,7 +289,7 @@ def main() -> int:
             waiting[id(ch)] = (ch, [k for k, _ in batch], slots)
             for key, cfg in batch:
                 if slots[key] is None and key not in {k for _, k in running.values()}:
-                    running[pool.submit(simulate_one, key, cfg, cfg["privacy.mode"])] = (ch, key)
+                    running[pool.submit(simulate_row, key, cfg, True)] = (ch, key)
             settle(ch)
 
         def settle(ch) -> None:
