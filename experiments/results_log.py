@@ -50,7 +50,7 @@ def simulate_row(key: str, cfg: dict, spread: bool = False) -> dict:
     recs = run.records
     clipped = np.array([r["clipped_fraction"] for r in recs if r.get("clipped_fraction") is not None], dtype=float)
     row = {"key": key, "eval_loss": recs[-1]["eval_loss"], "epsilon": run.epsilon, "sigma": run.noise_multiplier,
-           "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"],
+           "q": cfg["privacy.sampling-rate"], "epochs": cfg["privacy.sampling-rate"] * cfg["train.rounds"] / cfg.get("privacy.bands", 1),
            "clipped_fraction": float(np.nanmean(clipped)) if clipped.size else None}
     if spread:
         row["clipped_fraction_min"] = float(np.nanmin(clipped)) if clipped.size else None
