@@ -65,8 +65,9 @@ HELDOUT_STEPS, HELDOUT_LR, HELDOUT_SEEDS = 100, 0.003, (0, 1, 2)
 def base_config(corpus: str, seed: int, split: int = 0) -> dict:
     cfg = {"seed": seed, "privacy.delta": DELTA, "privacy.secure-mode": False, "data.heldout-users": 64,
            "train.eval-examples": 4096}
-    if corpus == "shakespeare":
-        cfg.update({"data.source": "shakespeare", "data.num-users": 1289, "data.split-seed": split,
+    if corpus.startswith("shakespeare"):           # "shakespeare-600": the first 600 training users (amendment 5b)
+        users = int(corpus.split("-")[1]) if "-" in corpus else 1289
+        cfg.update({"data.source": "shakespeare", "data.num-users": users, "data.split-seed": split,
                     "model.init-weights": str(WARM)})
     elif corpus in ("few-users", "few-users-alike"):
         cfg.update({**FEW_USERS, "data.heldout-users": 8,
@@ -83,12 +84,13 @@ _COUNTS: dict = {}
 
 
 def counts_of(corpus: str, seed: int, split: int) -> np.ndarray:
-    key = (corpus, seed if corpus not in ("shakespeare", "heldout") else None, split)
+    fixed = corpus.startswith("shakespeare") or corpus == "heldout"
+    key = (corpus, None if fixed else seed, split)
     if key not in _COUNTS:
         from fl_userdp.config import parse_config
         from fl_userdp.data import load_corpus
         cfg = parse_config(base_config(corpus, seed, split))
-        if corpus in ("shakespeare", "heldout"):
+        if fixed:
             _COUNTS[key] = np.asarray(load_corpus(cfg.data, cfg.model, seed).counts)
         else:
             from fl_userdp.data.synthetic_text import population_counts
@@ -97,15 +99,19 @@ def counts_of(corpus: str, seed: int, split: int) -> np.ndarray:
 
 
 def run_config(corpus: str, mode: str, eps: float, steps: int, seed: int, lr: float, cap: int, clip: float,
-               split: int = 0, sigma: float | None = None) -> dict:
+               split: int = 0, sigma: float | None = None, bands: int = 0) -> dict:
+    """One run's config; `bands` > 0: BandMF noise with b = bands and cyclic Poisson sampling at the rate that
+    keeps B expected kept examples a step (q_b = b · B / Σ min(n_u, cap), at most 1)."""
     counts = counts_of(corpus, seed, split)
-    q = min(1.0, B / float(np.minimum(counts, cap).sum()))
+    q = min(1.0, B * max(bands, 1) / float(np.minimum(counts, cap).sum()))
     cfg = base_config(corpus, seed, split)
     cfg.update({"privacy.mode": mode, "privacy.target-epsilon": eps, "privacy.sampling-rate": q,
                 "privacy.max-examples-per-user": cap, "privacy.clip-norm": clip, "train.rounds": steps,
                 "train.server-lr": lr, "train.eval-every": steps, "sim.users-per-node": len(counts)})
     if sigma is not None:
         cfg["privacy.noise-multiplier"] = sigma
+    if bands:
+        cfg.update({"privacy.mechanism": "bandmf", "privacy.bands": bands})
     return cfg
 
 
@@ -193,11 +199,8 @@ def shakespeare(study: Study, stage: str) -> None:
         print("tuned", c, p, flush=True)
     if stage == "tune":
         return
-    matched = {}                                    # each mode's best lr of the lr stage (cap 4, C 0.5)
+    matched = matched_lrs(study.done)               # each mode's best lr of the lr stage (cap 4, C 0.5)
     for c in cells:
-        tried = {float(k.split("|")[5][2:]): r["eval_loss"] for k, r in study.done.items()
-                 if k.startswith(f"tune|{c[0]}|{c[1]}|eps{c[2]:g}|T{c[3]}|") and f"|cap{MATCHED_CAP}|C{CLIP0:g}|" in k}
-        matched[c] = min(tried, key=tried.get)
         print("matched", c, matched[c], flush=True)
     for seed in REPORT_SEEDS:                       # seed by seed: a cut study still has whole seeds
         batch = {}
@@ -216,6 +219,32 @@ def shakespeare(study: Study, stage: str) -> None:
                     batch[f"reference|shakespeare|{m}|T{t}"] = run_config("shakespeare", m, 8.0, t, 0, lr, cap, clip,
                                                                         sigma=0.0)
         study.run(batch)
+
+
+BANDMF_BANDS = 16                   # amendment 5a
+
+
+def matched_lrs(rows: dict) -> dict:
+    """Each mode's best lr of the lr stage at cap 4, C 0.5 (the matched-cap arm's), per (corpus, mode, ε, T),
+    from the tuning rows of results.jsonl."""
+    out = {}
+    for t in sorted(set(TUNED_AT.values())):
+        for e in EPSILONS:
+            for m in ("uls", "els"):
+                tried = {float(k.split("|")[5][2:]): r["eval_loss"] for k, r in rows.items()
+                         if k.startswith(f"tune|shakespeare|{m}|eps{e:g}|T{t}|")
+                         and f"|cap{MATCHED_CAP}|C{CLIP0:g}|" in k}
+                out[("shakespeare", m, e, t)] = min(tried, key=tried.get)
+    return out
+
+
+def bandmf_arm(study: Study, tuning: Path = RESULTS) -> None:
+    """Amendment 5a: the matched-cap arm with BandMF noise (b = 16), the same lrs, seeds 0-5."""
+    matched = matched_lrs(load(tuning))
+    for seed in REPORT_SEEDS:
+        study.run({f"report|shakespeare-bmf{BANDMF_BANDS}|{m}|eps{e:g}|T{t}|seed{seed}": run_config(
+            "shakespeare", m, e, t, seed, matched[("shakespeare", m, e, TUNED_AT[t])], MATCHED_CAP, CLIP0,
+            bands=BANDMF_BANDS) for t in STEPS for e in EPSILONS for m in ("uls", "els")})
 
 
 def capped(study: Study, cells: list[tuple], caps: tuple, lr: float, seeds: tuple = REPORT_SEEDS,
@@ -253,7 +282,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--stage", default="all",
-                    choices=("tune", "report", "diversity", "few-users", "advisor-cells", "all"))
+                    choices=("tune", "report", "diversity", "few-users", "advisor-cells", "bandmf", "all"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     study = Study(args.jobs, args.out)
@@ -263,6 +292,8 @@ def main() -> int:
         diversity(study)
     if args.stage in ("few-users", "all"):
         few_users(study)
+    if args.stage == "bandmf":              # amendment 5a: run apart, into bandmf.jsonl
+        bandmf_arm(study)
     if args.stage == "advisor-cells":       # amendment 2: run apart, into their own results file
         few_users(study, "few-users-alike")
         heldout(study)
