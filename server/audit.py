@@ -284,16 +284,21 @@ def injected(strategy, fault: str, dim: int, rng: np.random.Generator):
 def faulty_release(fault: str, honest):
     """`honest` (the signature of `fl_userdp.mechanism.aggregate.release`) with a fault in its noise, for testing
     auditors: "noise-95" draws 0.95σ; "reused-noise" draws noise for the first half of the coordinates and
-    adds the same draws to the second half; anything else is `honest` itself."""
+    adds the same draws to the second half; "unbanded" drops a banded run's noise stream (each round adds
+    a fresh z_t where the run claims C⁻¹z); anything else is `honest` itself."""
     from fl_userdp.mechanism.aggregate import Release
     from fl_userdp.mechanism.noise import gaussian_noise
 
     def release(total, clip_norm, sigma, expected, rng, stream=None):
         if fault == "noise-95":
             return honest(total, clip_norm, 0.95 * sigma, expected, rng, stream)
-        if fault != "reused-noise":
+        if fault not in ("reused-noise", "unbanded"):
             return honest(total, clip_norm, sigma, expected, rng, stream)
         flat = np.asarray(total, np.float64).ravel()
+        if fault == "unbanded":                 # the stream still advances (the run's secret record needs it)
+            honest(total, clip_norm, sigma, expected, rng, stream)
+            noisy = flat + gaussian_noise(flat.size, sigma * clip_norm, rng)
+            return Release((noisy / expected).reshape(np.shape(total)), sigma * clip_norm, expected)
         half = gaussian_noise((flat.size + 1) // 2, sigma * clip_norm, rng)
         noisy = flat + np.concatenate([half, half])[:flat.size]
         return Release((noisy / expected).reshape(np.shape(total)), sigma * clip_norm, expected)
