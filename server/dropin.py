@@ -31,6 +31,17 @@ step new = sent + server_lr · released mean), with the same ledger. Each node i
 Flower's own wrapper samples a fixed-size cohort, divides by the number of replies and accounts without
 amplification; this wrapper is what the Poisson-subsampled Gaussian analysis assumes.
 
+Cyclic participation and banded noise (`bands=b > 1`, as cross-device deployments sample). At round 1 the N
+nodes are split into b groups by a permutation that depends on nothing but the seed (or OS entropy); release i
+samples within group (i − 1) mod b only — each node of the group with probability q (`participation="poisson"`),
+or every node of it (`participation="fixed"`, q = 1) — so a node's participations are at least b releases apart.
+The noise is banded (`fl_userdp.mechanism.bandmf`: σC·(C⁻¹z)_i, C the b-banded Toeplitz strategy of
+`bandmf_coefficients`, a stream with a buffer of b − 1 noise vectors) and the released sum is divided by the
+group's expected count q·|group|. The ledger composes ⌈releases/b⌉ participations of the subsampled Gaussian
+(amplified BandMF; the README's accounting section has the argument). The buffer is secret state the drop-in
+keeps in memory only: a banded ledger file cannot be continued after a restart (refused with one line), since
+its correlated stream and its groups are gone.
+
 The wrapped strategy's `start()`. `UserDP.start` runs the wrapped strategy's own `start()` (Flower's round loop
 or the app's override) with its `summary`, `configure_train`, `aggregate_train`, `configure_evaluate` and
 `aggregate_evaluate` routed through the wrapper for the duration (restored after). A stop (budget, failures)
@@ -108,9 +119,11 @@ from fl_userdp.accounting.plugins import check_supports
 from fl_userdp.clients.dropin import ARRAYS_KEY, CLIP_KEY, CLIPPED_METRIC, FROZEN_KEY
 from fl_userdp.errors import ConfigError
 from fl_userdp.mechanism.aggregate import release
+from fl_userdp.mechanism.bandmf import COEFFICIENTS, NoiseStream, coefficients
 from fl_userdp.mechanism.clipping import clip_factors
 from fl_userdp.mechanism.fixed_point import record_clip_norm, to_grid
 from fl_userdp.mechanism.noise import SecureGenerator, release_rng
+from fl_userdp.mechanism.sampling import cyclic_groups, group_of_round
 from fl_userdp.records.release_log import ReleaseLog
 from fl_userdp.rng import rng_for
 
@@ -119,7 +132,9 @@ COVERED = ("round", "released", "epsilon", "delta", "noise_multiplier", "clip_no
 DIAGNOSTICS = ("nodes_sampled", "nodes_replied", "failures", "rejected", "clipped")
 CLIPPING = ("server", "client")
 HOOKS = ("summary", "configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
-LEDGER_SETTINGS = ("mechanism", "sampling_rate", "noise_multiplier", "clip_norm", "delta", "accountant", "clipping")
+LEDGER_SETTINGS = ("mechanism", "sampling_rate", "noise_multiplier", "clip_norm", "delta", "accountant", "clipping",
+                   "bands")
+PARTICIPATION = ("poisson", "fixed")
 SHOWN = 3            # array names a message shows before "… N more"
 TEXT_CHARS = 300     # characters of a node's error text in a log line
 _MISSING = object()
@@ -139,7 +154,8 @@ class UserDP(Strategy):
                  arrays_key: str | None = None, min_available_nodes: int = 1,
                  client_evaluation: bool | Strategy = False, frozen: Iterable[str] = (),
                  max_failed_rounds: int = 3, max_failed_fraction: float = 0.5,
-                 publish_diagnostics: bool = True) -> None:
+                 publish_diagnostics: bool = True, bands: int = 1, participation: str = "poisson",
+                 bandmf_coefficients: str = "sqrt") -> None:
         super().__init__()
         if not isinstance(strategy, Strategy):
             raise ConfigError("strategy", type(strategy).__name__,
@@ -170,6 +186,18 @@ class UserDP(Strategy):
                   (max_epsilon is None or max_epsilon > 0, "max_epsilon", max_epsilon, "must be > 0"),
                   (server_lr > 0, "server_lr", server_lr, "must be > 0"),
                   (int(max_failed_rounds) >= 1, "max_failed_rounds", max_failed_rounds, "must be >= 1"),
+                  (isinstance(bands, int) and not isinstance(bands, bool) and 1 <= bands <= 10_000, "bands", bands,
+                   "must be an integer in [1, 10000]"),
+                  (participation in PARTICIPATION, "participation", participation,
+                   f"must be one of {list(PARTICIPATION)}"),
+                  (participation != "fixed" or sampling_rate == 1, "sampling_rate", sampling_rate,
+                   "must be 1 with participation 'fixed' (every node of the round's group takes part)"),
+                  (participation != "fixed" or bands > 1, "participation", participation,
+                   "'fixed' needs bands > 1 (without groups every node would take part in every round)"),
+                  (bandmf_coefficients in COEFFICIENTS, "bandmf_coefficients", bandmf_coefficients,
+                   f"must be one of {list(COEFFICIENTS)}"),
+                  (bandmf_coefficients != "optimized" or num_rounds is not None, "num_rounds", num_rounds,
+                   "is required with bandmf_coefficients 'optimized' (they are optimised for the run's rounds)"),
                   (0 <= max_failed_fraction < 1, "max_failed_fraction", max_failed_fraction, "must be in [0, 1)")]
         for ok, key, value, requirement in checks:
             if not ok:
@@ -178,11 +206,16 @@ class UserDP(Strategy):
         self.q, self.clip, self.delta = float(sampling_rate), float(clipping_norm), float(delta)
         self.clipping = clipping
         self.accountant_name = accountant
+        self.bands, self.participation = int(bands), participation
+        self.coefficients = coefficients(bandmf_coefficients, self.bands, num_rounds) if self.bands > 1 else None
+        self.coefficient_kind = bandmf_coefficients
+        self.stream: NoiseStream | None = None     # banded noise: created at the first release (its size is d)
+        self.groups: list[list[int]] | None = None  # cyclic groups of nodes, drawn at round 1
         self.target_epsilon, self.num_rounds = target_epsilon, num_rounds
         self.calibrated_epsilon: float | None = None
         if target_epsilon is not None:
             noise_multiplier, self.calibrated_epsilon = _calibrate(float(target_epsilon), self.delta, self.q,
-                                                                   int(num_rounds), accountant)
+                                                                   int(num_rounds), accountant, self.bands)
             max_epsilon = float(target_epsilon) if max_epsilon is None else min(float(max_epsilon),
                                                                               float(target_epsilon))
         self.sigma = float(noise_multiplier)
@@ -197,7 +230,7 @@ class UserDP(Strategy):
         self.publish_diagnostics = bool(publish_diagnostics)
         self.ledger_path = None if ledger_path is None else Path(ledger_path)
         try:
-            self.event = make_event("uls", self.q, self.sigma)
+            self.event = make_event("uls", self.q, self.sigma, bands=self.bands)
         except ConfigError as err:
             raise _renamed(err) from None
         self.accountant = make_accountant(accountant, self.delta, "accountant")
@@ -289,9 +322,11 @@ class UserDP(Strategy):
     # -- the persistent ledger -------------------------------------------------------------------------------
     def ledger_settings(self) -> dict[str, Any]:
         """What the ledger's ε depends on: a ledger file of other settings is refused."""
-        return {"mechanism": "poisson-subsampled-gaussian-user-level", "sampling_rate": self.q,
-                "noise_multiplier": self.sigma, "clip_norm": self.clip, "delta": self.delta,
-                "accountant": self.accountant_name, "clipping": self.clipping}
+        mechanism = "poisson-subsampled-gaussian-user-level" if self.bands == 1 else \
+            f"cyclic-{self.participation}-bandmf-{self.coefficient_kind}-user-level"
+        return {"mechanism": mechanism, "sampling_rate": self.q, "noise_multiplier": self.sigma,
+                "clip_norm": self.clip, "delta": self.delta, "accountant": self.accountant_name,
+                "clipping": self.clipping, "bands": self.bands}
 
     def _open_ledger(self) -> None:
         if self.ledger_path is None:
@@ -308,12 +343,17 @@ class UserDP(Strategy):
             except ConfigError as err:
                 raise ConfigError("ledger_path", str(path), err.requirement) from None
             theirs = contents.run or {}
-            differ = [k for k in LEDGER_SETTINGS if theirs.get(k) != settings[k]]
+            differ = [k for k in LEDGER_SETTINGS if theirs.get(k, 1 if k == "bands" else None) != settings[k]]
             if differ:
                 k = differ[0]
                 raise ConfigError("ledger_path", str(path), f"holds the ledger of a run with other settings ({k} "
                                   f"{theirs.get(k)!r} there, {settings[k]!r} here): continue it with the same "
                                   f"settings, or give a new path to start a new ledger")
+            if self.bands > 1 and contents.releases:
+                raise ConfigError("ledger_path", str(path), f"holds {len(contents.releases)} releases of a banded run "
+                                  "(bands > 1): its secret noise buffer and cyclic groups lived in the ServerApp's "
+                                  "memory and are gone, so the correlated stream cannot continue; give a new path "
+                                  "(the earlier releases' epsilon stays in this file)")
             drop_tail = getattr(releases, "drop_torn_tail", None)
             if drop_tail is not None:
                 drop_tail(contents)
@@ -391,6 +431,9 @@ class UserDP(Strategy):
             check_delta_for_users(self.delta, len(nodes))  # each node is one user
             self.population = nodes
             expected = self.q * len(nodes)
+            if self.bands > 1:
+                self._draw_groups(nodes)
+                expected = self.q * min(len(g) for g in self.groups)
             log(INFO, "%s: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std per "
                 "coordinate is σC/(q·N)=%.3g (compare it with the updates' size: more users per round or a smaller "
                 "C lowers it)", self.label, len(nodes), expected, self.sigma * self.clip / expected)
@@ -413,7 +456,9 @@ class UserDP(Strategy):
                 record[FROZEN_KEY] = list(self.frozen)
             content[self.config_key] = record
         rng = SecureGenerator() if self.seed is None else rng_for(self.seed, "sampling", self.releases + 1)
-        self.requested = [n for n, hit in zip(self.population, rng.random(len(self.population)) < self.q) if hit]
+        members = self._members(self.releases + 1)
+        self.requested = list(members) if self.participation == "fixed" else \
+            [n for n, hit in zip(members, rng.random(len(members)) < self.q) if hit]
         # 2. send
         self.current = content[self.arrays_key]
         self._pending = server_round
@@ -480,12 +525,14 @@ class UserDP(Strategy):
             reasons.append(f"the sum's norm {np.linalg.norm(total):.6g} exceeds count x C = {replied * self.clip:g}")
             rejected, replied, total = rejected + replied, 0, np.zeros_like(total)
             metrics = []
-        # 4. release: noise once, the expected cohort q·N
-        expected = self.q * len(self.population)
-        std = self.sigma * self.clip
+        # 4. release: noise once (banded: from the stream), the expected cohort q·N (or q·|group|)
         index = self.releases + 1
+        expected = self.q * len(self._members(index))
+        std = self.sigma * self.clip
         rng = SecureGenerator() if self.seed is None else release_rng(self.seed, "uls", index, std, expected, total)
-        rel = release(total, self.clip, self.sigma, expected, rng)
+        if self.bands > 1 and self.stream is None:
+            self.stream = NoiseStream(self.coefficients, total.size)
+        rel = release(total, self.clip, self.sigma, expected, rng, self.stream)
         # 5. account: durable in the ledger file, then composed — before anything uses the release
         if self._log is not None:
             after = self._epsilon_after()
@@ -527,6 +574,25 @@ class UserDP(Strategy):
             arrays = ArrayRecord({k: self.current[k] if k in self.frozen and k in self.current else a
                                   for k, a in arrays.items()})
         return arrays
+
+    def _draw_groups(self, nodes: list[int]) -> None:
+        """The one-time split of the nodes into `bands` cyclic groups (seeded, or from OS entropy); it depends on
+        nothing but the seed and the node ids, never on the nodes' data."""
+        if self.bands > len(nodes):
+            raise ConfigError("bands", self.bands, f"must be <= the number of nodes ({len(nodes)}): each group needs "
+                              "one node at least")
+        rng = rng_for(self.seed, "groups") if self.seed is not None else \
+            np.random.default_rng(int.from_bytes(SecureGenerator().random(4).tobytes(), "little"))
+        group = cyclic_groups(rng, len(nodes), self.bands)
+        self.groups = [[n for n, g in zip(nodes, group) if g == k] for k in range(self.bands)]
+        log(INFO, "%s: %d nodes in %d cyclic groups of %d to %d (release i samples group (i - 1) mod %d: a node's "
+            "participations are >= %d releases apart); banded noise buffer %d x d floats (secret, in memory)",
+            self.label, len(nodes), self.bands, min(map(len, self.groups)), max(map(len, self.groups)), self.bands,
+            self.bands, self.bands - 1)
+
+    def _members(self, index: int) -> list[int]:
+        """The nodes release `index` samples from: its cyclic group, or the whole population."""
+        return self.population if self.groups is None else self.groups[group_of_round(index, self.bands)]
 
     def metric_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A round's record as published: the release's keys, then `diagnostics.*` (when published): the counts
@@ -698,9 +764,10 @@ def check_arrays(arrays: ArrayRecord, frozen: Iterable[str] = ()) -> None:
             f"values (mean 0, variance 1) and a model evaluated in eval mode normalises with them. The arrays")
 
 
-def _calibrate(target: float, delta: float, q: float, rounds: int, accountant: str) -> tuple[float, float]:
+def _calibrate(target: float, delta: float, q: float, rounds: int, accountant: str,
+               bands: int = 1) -> tuple[float, float]:
     try:
-        return calibrate_noise("uls", target, delta, q, rounds, backend=accountant)
+        return calibrate_noise("uls", target, delta, q, rounds, backend=accountant, bands=bands)
     except ConfigError as err:
         raise _renamed(err) from None
 
