@@ -54,6 +54,9 @@ SMOKE = {
     "experiments/compute/run.py": "here",
     "experiments/compute/report.py": "tests/test_compute_study.py",
     "experiments/compute/heldout_corpus.py": "tests/test_heldout_corpus.py",
+    "experiments/bandmf/utility.py": "tests/test_bandmf_study.py",
+    "experiments/bandmf/pfl_side_by_side.py": "tests/test_bandmf_study.py",
+    "experiments/crossover/advise_again.py": "here",
 }
 HELP = sorted(s for s, how in SMOKE.items() if how == "here" and s.endswith(".py"))
 
