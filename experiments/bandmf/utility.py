@@ -165,6 +165,9 @@ def table(path: Path = RESULTS, write: bool = True) -> str:
         outcome = ("not run" if v["n"] < 2 else
                    ("decided: " + ("BandMF better" if v["mean"] < 0 else "independent better")) if ph < ALPHA
                    else "not decided")
+        if v["n"] < 2:
+            lines.append(f"| {k} | {v['n']} | — | — | — | — | {ph:.3g} | {outcome} |")
+            continue
         lines.append(f"| {k} | {v['n']} | {v['mean']:+.4f} | {v['se']:.4f} | {v['t']:.2f} ({v['df']}) | {v['p']:.3g} | "
                      f"{ph:.3g} | {outcome} |")
     lines += ["", "## Cells (mean held-out loss over seeds)", "",
