@@ -122,6 +122,7 @@ def run(jobs: int, stage: str, out: Path) -> None:
     for seed in REPORT_SEEDS:                        # seed by seed: a cut study still has whole seeds
         study.run({report_key(m, e, t, b, seed): run_config(POP, m, e, t, seed, lrs[m, e, t, b], CAP, CLIP, bands=b)
                    for m in ("uls", "els") for e in EPSILONS for t in ts for b in BANDS})
+    study.pool.shutdown()
 
 
 def table(path: Path = RESULTS, write: bool = True) -> str:

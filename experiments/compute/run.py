@@ -297,6 +297,7 @@ def main() -> int:
     if args.stage == "advisor-cells":       # amendment 2: run apart, into their own results file
         few_users(study, "few-users-alike")
         heldout(study)
+    study.pool.shutdown()
     return 0
 
 
