@@ -45,7 +45,24 @@ def test_report_finds_the_planted_effects(tmp_path, monkeypatch):
     assert report.main(tmp_path) == 0 and (tmp_path / "results.md").exists() and (tmp_path / "elsvsuls.png").exists()
     assert report.PAGE.read_text() == page                     # a copy's files never touch the docs page
     text = report.page(tests, tests, cells, ["# t", "## s"])
-    assert "**H1a**" in text and "decided, as the paper claims" in text
+    assert "**H1a**" in text and "decided, in the direction the paper's claim predicts" in text
+
+
+def test_families_use_seed_complete_seeds_and_holm_over_five(tmp_path):
+    """A seed missing one cell of an arm is left out of every test of that arm (not only the test that needs
+    the cell); an arm without diversity cells still corrects over five (H3a/H3b count with p = 1)."""
+    rows(tmp_path)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if '"report|shakespeare|els|eps8|T400|seed5"' not in ln]
+    (tmp_path / "results.jsonl").write_text("\n".join(kept) + "\n")
+    cells = report.report_rows(tmp_path / "results.jsonl")
+    tests = report.family(cells)
+    assert tests["H1a"]["n"] == tests["H2"]["n"] == 5          # H1a needs no ε = 8 cell, yet seed 5 is out
+    assert tests["H3a"]["n"] == 6                              # the diversity seeds are their own
+    arm = report.family(cells, diversity=False)
+    assert arm["H3a"]["n"] == 0 and arm["H3a"]["p_holm"] == 1
+    raw = sorted(v["p"] for k, v in arm.items() if k.startswith(("H1", "H2")))
+    assert min(v["p_holm"] for v in arm.values()) == pytest.approx(min(1.0, 5 * raw[0]))
 
 
 def test_report_says_not_decided_without_an_effect(tmp_path):
