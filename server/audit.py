@@ -285,7 +285,9 @@ def faulty_release(fault: str, honest):
     """`honest` (the signature of `fl_userdp.mechanism.aggregate.release`) with a fault in its noise, for testing
     auditors: "noise-95" draws 0.95σ; "reused-noise" draws noise for the first half of the coordinates and
     adds the same draws to the second half; "unbanded" drops a banded run's noise stream (each round adds
-    a fresh z_t where the run claims C⁻¹z); anything else is `honest` itself."""
+    a fresh z_t where the run claims C⁻¹z: a fidelity fault — the noise is not the claimed covariance — rather
+    than a privacy loss, since ⌈T/b⌉ participations of i.i.d. noise are no less private); anything else is
+    `honest` itself."""
     from fl_userdp.mechanism.aggregate import Release
     from fl_userdp.mechanism.noise import gaussian_noise
 

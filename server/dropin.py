@@ -38,9 +38,11 @@ or every node of it (`participation="fixed"`, q = 1) — so a node's participati
 The noise is banded (`fl_userdp.mechanism.bandmf`: σC·(C⁻¹z)_i, C the b-banded Toeplitz strategy of
 `bandmf_coefficients`, a stream with a buffer of b − 1 noise vectors) and the released sum is divided by the
 group's expected count q·|group|. The ledger composes ⌈releases/b⌉ participations of the subsampled Gaussian
-(amplified BandMF; the README's accounting section has the argument). The buffer is secret state the drop-in
-keeps in memory only: a banded ledger file cannot be continued after a restart (refused with one line), since
-its correlated stream and its groups are gone.
+(amplified BandMF; docs/concepts.md has the argument), one at the first release of each cycle of b. The
+buffer is secret state the drop-in keeps in memory only, so a restarted ServerApp that continues a banded
+ledger file starts a new *segment*: fresh groups, a fresh stream, cycles counted from its first release. Two
+segments are two mechanisms with independent noise, composed: ⌈n₁/b⌉ + ⌈n₂/b⌉ participations, never
+⌈(n₁ + n₂)/b⌉ (each release's log entry names its segment, the release index it began at).
 
 The wrapped strategy's `start()`. `UserDP.start` runs the wrapped strategy's own `start()` (Flower's round loop
 or the app's override) with its `summary`, `configure_train`, `aggregate_train`, `configure_evaluate` and
@@ -167,6 +169,12 @@ class UserDP(Strategy):
         for key, value in (("clipping_norm", clipping_norm), ("delta", delta)):
             if value is None:
                 raise ConfigError(key, None, "is required")
+        if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= 10_000:
+            raise ConfigError("bands", bands, "must be an integer in [1, 10000]")
+        if bandmf_coefficients == "optimized" and bands > 1 and (
+                isinstance(num_rounds, bool) or not isinstance(num_rounds, int) or num_rounds < bands):
+            raise ConfigError("num_rounds", num_rounds, f"must be an integer >= bands ({bands}) with "
+                              "bandmf_coefficients 'optimized' (they are optimised for the run's rounds)")
         if target_epsilon is None and noise_multiplier is None:
             raise ConfigError("noise_multiplier", None, "is required (or give target_epsilon and num_rounds)")
         if target_epsilon is not None and noise_multiplier is not None:
@@ -186,8 +194,6 @@ class UserDP(Strategy):
                   (max_epsilon is None or max_epsilon > 0, "max_epsilon", max_epsilon, "must be > 0"),
                   (server_lr > 0, "server_lr", server_lr, "must be > 0"),
                   (int(max_failed_rounds) >= 1, "max_failed_rounds", max_failed_rounds, "must be >= 1"),
-                  (isinstance(bands, int) and not isinstance(bands, bool) and 1 <= bands <= 10_000, "bands", bands,
-                   "must be an integer in [1, 10000]"),
                   (participation in PARTICIPATION, "participation", participation,
                    f"must be one of {list(PARTICIPATION)}"),
                   (participation != "fixed" or sampling_rate == 1, "sampling_rate", sampling_rate,
@@ -196,8 +202,7 @@ class UserDP(Strategy):
                    "'fixed' needs bands > 1 (without groups every node would take part in every round)"),
                   (bandmf_coefficients in COEFFICIENTS, "bandmf_coefficients", bandmf_coefficients,
                    f"must be one of {list(COEFFICIENTS)}"),
-                  (bandmf_coefficients != "optimized" or num_rounds is not None, "num_rounds", num_rounds,
-                   "is required with bandmf_coefficients 'optimized' (they are optimised for the run's rounds)"),
+
                   (0 <= max_failed_fraction < 1, "max_failed_fraction", max_failed_fraction, "must be in [0, 1)")]
         for ok, key, value, requirement in checks:
             if not ok:
@@ -210,6 +215,7 @@ class UserDP(Strategy):
         self.coefficients = coefficients(bandmf_coefficients, self.bands, num_rounds) if self.bands > 1 else None
         self.coefficient_kind = bandmf_coefficients
         self.stream: NoiseStream | None = None     # banded noise: created at the first release (its size is d)
+        self.segment = 0                            # banded: the release index this ServerApp's segment began at
         self.groups: list[list[int]] | None = None  # cyclic groups of nodes, drawn at round 1
         self.target_epsilon, self.num_rounds = target_epsilon, num_rounds
         self.calibrated_epsilon: float | None = None
@@ -233,6 +239,11 @@ class UserDP(Strategy):
             self.event = make_event("uls", self.q, self.sigma, bands=self.bands)
         except ConfigError as err:
             raise _renamed(err) from None
+        if self.bands > 1 and accountant not in ("pld", "rdp", "group"):
+            raise ConfigError("accountant", accountant, "must be 'pld', 'rdp' or 'group' with bands > 1 (a plug-in "
+                              "accountant does not know banded noise over cyclic groups)")
+        # banded: the ledger composes one participation (the event at b = 1) at the first release of each cycle
+        self.participation_event = make_event("uls", self.q, self.sigma)
         self.accountant = make_accountant(accountant, self.delta, "accountant")
         check_supports(self.accountant, self.event, accountant, "accountant")
         self.population: list[int] | None = None
@@ -349,26 +360,32 @@ class UserDP(Strategy):
                 raise ConfigError("ledger_path", str(path), f"holds the ledger of a run with other settings ({k} "
                                   f"{theirs.get(k)!r} there, {settings[k]!r} here): continue it with the same "
                                   f"settings, or give a new path to start a new ledger")
-            if self.bands > 1 and contents.releases:
-                raise ConfigError("ledger_path", str(path), f"holds {len(contents.releases)} releases of a banded run "
-                                  "(bands > 1): its secret noise buffer and cyclic groups lived in the ServerApp's "
-                                  "memory and are gone, so the correlated stream cannot continue; give a new path "
-                                  "(the earlier releases' epsilon stays in this file)")
             drop_tail = getattr(releases, "drop_torn_tail", None)
             if drop_tail is not None:
                 drop_tail(contents)
         except OSError as err:
             raise ConfigError("ledger_path", str(path), f"cannot be read or written ({err.strerror or err})") from None
-        runs: list[list] = []
-        for entry in contents.releases:
-            event = event_from_dict(entry["event"])
-            if runs and runs[-1][0] == event:
-                runs[-1][1] += 1
-            else:
-                runs.append([event, 1])
-        for event, count in runs:
-            self.accountant.compose(event, count)
-        self.releases = self._resumed = len(contents.releases)
+        if self.bands > 1:    # segment by segment: ⌈n_s/b⌉ participations each (module docstring)
+            segments: dict[int, int] = {}
+            for entry in contents.releases:
+                start = entry.get("segment")
+                if not isinstance(start, int):
+                    raise ConfigError("ledger_path", str(path), f"has a banded release without its segment (round "
+                                      f"{entry.get('round')}): it cannot be accounted")
+                segments[start] = segments.get(start, 0) + 1
+            for count in segments.values():
+                self.accountant.compose(self.participation_event, -(-count // self.bands))
+        else:
+            runs: list[list] = []
+            for entry in contents.releases:
+                event = event_from_dict(entry["event"])
+                if runs and runs[-1][0] == event:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([event, 1])
+            for event, count in runs:
+                self.accountant.compose(event, count)
+        self.releases = self._resumed = self.segment = len(contents.releases)
         self._log, self.run_id = releases, releases.run_id
         log(INFO, "%s: ledger %s (run %s) continued: %d earlier releases, epsilon %s", self.label, path,
             self.run_id, self.releases, _fmt_eps(self.epsilon))
@@ -383,6 +400,12 @@ class UserDP(Strategy):
         log(INFO, "\t├── user-level DP (%s): Poisson sampling q=%g of the nodes (one node = one user), noise "
             "multiplier %s, clipping norm C=%g, delta %g, %s, accountant %s, %s", self.label, self.q, sigma,
             self.clip, self.delta, budget, self.accountant_name, noise)
+        if self.bands > 1:
+            log(INFO, "\t├── cyclic participation: %d groups of nodes, release i samples group (i - 1) mod %d (%s); "
+                "banded noise (%s coefficients, a secret buffer of %d noise vectors in memory); epsilon counts "
+                "ceil(releases/%d) participations per segment", self.bands, self.bands,
+                "each node with probability q" if self.participation == "poisson" else "every node of the group",
+                self.coefficient_kind, self.bands - 1, self.bands)
         if self.clipping == "server":
             log(INFO, "\t├── clipping on the server: it sees each node's update")
         else:
@@ -413,7 +436,10 @@ class UserDP(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._prepare(arrays)
-        self._pending = None
+        if self._pending is not None:
+            raise ConfigError("strategy", type(self.strategy).__name__, f"sent round {self._pending}'s messages but "
+                              "never called aggregate_train for it: every round sent must be aggregated (a round "
+                              "skipped when no node replies would condition the sampling on its outcome)")
         # 0. budget
         if self.stop_reason is None and self.max_epsilon is not None and self._epsilon_after() > self.max_epsilon:
             self._stop(f"privacy budget: round {server_round} would take epsilon from {_fmt_eps(self.epsilon)} to "
@@ -424,19 +450,20 @@ class UserDP(Strategy):
             return []
         # 1. sample (the population is fixed at round 1: the analysis takes N as given)
         if self.population is None:
-            nodes = sorted(grid.get_node_ids())
+            nodes = sorted(set(grid.get_node_ids()))
             if len(nodes) < self.min_available_nodes:
                 raise ConfigError("min_available_nodes", self.min_available_nodes,
                                   f"exceeds the {len(nodes)} connected nodes")
             check_delta_for_users(self.delta, len(nodes))  # each node is one user
-            self.population = nodes
-            expected = self.q * len(nodes)
             if self.bands > 1:
-                self._draw_groups(nodes)
-                expected = self.q * min(len(g) for g in self.groups)
-            log(INFO, "%s: population N=%d nodes, expected cohort q·N=%g; the released mean's noise std per "
-                "coordinate is σC/(q·N)=%.3g (compare it with the updates' size: more users per round or a smaller "
-                "C lowers it)", self.label, len(nodes), expected, self.sigma * self.clip / expected)
+                self._draw_groups(nodes)                   # before the population is set: a refusal leaves neither
+                expected, what = self.q * min(len(g) for g in self.groups), "q·|group|"   # the smallest group
+            else:
+                expected, what = self.q * len(nodes), "q·N"
+            self.population = nodes
+            log(INFO, "%s: population N=%d nodes, expected cohort %s=%g; the released mean's noise std per "
+                "coordinate is σC/(%s)=%.3g (compare it with the updates' size: more users per round or a smaller "
+                "C lowers it)", self.label, len(nodes), what, expected, what, self.sigma * self.clip / expected)
         if self.clipping == "client":
             config[CLIP_KEY], config[ARRAYS_KEY] = self.clip, self.arrays_key
             if self.frozen:
@@ -456,7 +483,7 @@ class UserDP(Strategy):
                 record[FROZEN_KEY] = list(self.frozen)
             content[self.config_key] = record
         rng = SecureGenerator() if self.seed is None else rng_for(self.seed, "sampling", self.releases + 1)
-        members = self._members(self.releases + 1)
+        members = self._members(self.releases + 1)   # this release's group (banded), or everyone
         self.requested = list(members) if self.participation == "fixed" else \
             [n for n, hit in zip(members, rng.random(len(members)) < self.q) if hit]
         # 2. send
@@ -536,9 +563,15 @@ class UserDP(Strategy):
         # 5. account: durable in the ledger file, then composed — before anything uses the release
         if self._log is not None:
             after = self._epsilon_after()
-            self._log.append({"round": index, "server_round": int(server_round), "event": event_to_dict(self.event),
-                              "epsilon": after if math.isfinite(after) else None}, np.zeros(0))
-        self.accountant.compose(self.event)
+            entry = {"round": index, "server_round": int(server_round), "event": event_to_dict(self.event),
+                     "epsilon": after if math.isfinite(after) else None}
+            if self.bands > 1:
+                entry["segment"] = self.segment
+            self._log.append(entry, np.zeros(0))
+        if self.bands == 1:
+            self.accountant.compose(self.event)
+        elif self._starts_cycle(index):
+            self.accountant.compose(self.participation_event)
         self.releases, self._last_round = index, server_round
         eps = self.epsilon
         # 6. step: sent + server_lr · released mean (frozen arrays go back as they were sent)
@@ -591,8 +624,13 @@ class UserDP(Strategy):
             self.bands, self.bands - 1)
 
     def _members(self, index: int) -> list[int]:
-        """The nodes release `index` samples from: its cyclic group, or the whole population."""
-        return self.population if self.groups is None else self.groups[group_of_round(index, self.bands)]
+        """The nodes release `index` samples from: its cyclic group (cycles counted from this segment's first
+        release), or the whole population."""
+        if self.bands == 1:
+            return self.population
+        if self.groups is None:
+            raise RuntimeError("banded sampling without cyclic groups")
+        return self.groups[group_of_round(index - self.segment, self.bands)]
 
     def metric_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A round's record as published: the release's keys, then `diagnostics.*` (when published): the counts
@@ -655,7 +693,16 @@ class UserDP(Strategy):
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _epsilon_after(self) -> float:
-        return float(self.accountant.epsilon_after(self.event))
+        """ε after the next release (banded: unchanged unless it starts a cycle of b in this segment)."""
+        if self.bands == 1:
+            return float(self.accountant.epsilon_after(self.event))
+        if not self._starts_cycle(self.releases + 1):
+            return self.epsilon
+        return float(self.accountant.epsilon_after(self.participation_event))
+
+    def _starts_cycle(self, index: int) -> bool:
+        """Whether release `index` is the first of a cycle of b releases in this segment (a participation)."""
+        return (index - 1 - self.segment) % self.bands == 0
 
     def _update(self, rep: Message, keys: list[str], current: list[np.ndarray], trained: list[int],
                 flat0: np.ndarray) -> tuple[np.ndarray | None, str]:

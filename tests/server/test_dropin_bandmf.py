@@ -1,7 +1,7 @@
 """The drop-in with cyclic participation and banded noise (`UserDP(..., bands=b)`): nodes in b groups fixed at
-round 1, release i sampling only group (i − 1) mod b, noise σC·(C⁻¹z)_i over the group's expected count, the
-ledger at ⌈releases/b⌉ participations; a banded ledger is not continued after a restart (its secret buffer is
-gone); b = 1 is the independent drop-in bit for bit."""
+round 1, release i sampling only group (i − 1) mod b (counted within a segment), noise σC·(C⁻¹z)_i over the group's expected count, the
+ledger at ⌈releases/b⌉ participations per segment (a restarted ServerApp has lost its secret buffer and
+groups, so it continues the ledger as a new segment); b = 1 is the independent drop-in bit for bit."""
 from __future__ import annotations
 
 import sys
@@ -77,18 +77,54 @@ def test_one_band_is_the_independent_drop_in_bit_for_bit():
     assert a.epsilon == b.epsilon
 
 
-def test_a_banded_ledger_is_not_continued_after_a_restart(tmp_path):
+def test_a_restarted_banded_ledger_is_a_new_segment_composed_with_the_old(tmp_path):
+    """5 releases, then a restart and 3 more: ⌈5/4⌉ + ⌈3/4⌉ = 3 participations, not ⌈8/4⌉ = 2 (a fresh
+    stream and fresh groups are a second mechanism); the restarted run samples from its segment's first group."""
     path = tmp_path / "ledger.log"
-    start(UserDPFedAvg(sampling_rate=0.5, bands=4, seed=1, ledger_path=path, **ARGS), Grid(), 2)
-    with pytest.raises(ConfigError) as err:
-        start(UserDPFedAvg(sampling_rate=0.5, bands=4, seed=1, ledger_path=path, **ARGS), Grid(), 1)
-    assert err.value.key == "ledger_path" and "noise buffer" in str(err.value) and "\n" not in str(err.value)
+    args = dict(sampling_rate=0.5, bands=4, ledger_path=path, **ARGS)
+    first = UserDPFedAvg(seed=1, **args)
+    start(first, Grid(), 5)
+    again = UserDPFedAvg(seed=2, **args)
+    start(again, Grid(), 3)
+    one = make_event("uls", 0.5, 1.2)
+    assert again.releases == 8 and again.segment == 5
+    assert again.epsilon == pytest.approx(epsilon_for([(one, 3)], 1e-5), rel=1e-12)
+    assert again.epsilon > epsilon_for([(make_event("uls", 0.5, 1.2, bands=4), 8)], 1e-5)
+    assert again.history[0]["expected_count"] == pytest.approx(0.5 * len(again.groups[0]))
+    third = UserDPFedAvg(seed=3, **args)           # the file alone gives the same ε
+    third._prepare(ArrayRecord([np.zeros(3)]))
+    assert third.epsilon == pytest.approx(again.epsilon, rel=1e-12)
     with pytest.raises(ConfigError) as err:       # another mechanism's ledger: named by its setting
         start(UserDPFedAvg(sampling_rate=0.5, seed=1, ledger_path=path, **ARGS), Grid(), 1)
-    assert err.value.key == "ledger_path" and "mechanism" in str(err.value)
+    assert err.value.key == "ledger_path" and "mechanism" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_refused_group_draw_leaves_no_population_behind():
+    s = UserDPFedAvg(sampling_rate=1.0, participation="fixed", bands=USERS + 1, seed=1, **ARGS)
+    for _ in range(2):                              # the app retries start(): refused again, never unbanded
+        with pytest.raises(ConfigError) as err:
+            start(s, Grid(), 1)
+        assert err.value.key == "bands"
+    assert s.population is None and s.releases == 0
+
+
+def test_a_sent_round_that_is_never_aggregated_is_refused():
+    s = UserDPFedAvg(sampling_rate=0.5, bands=4, seed=1, **ARGS)
+    grid = Grid()
+    s._prepare(ArrayRecord([np.zeros(3)]))
+    from flwr.app import ConfigRecord
+    s.configure_train(1, ArrayRecord([np.zeros(3)]), ConfigRecord({"lr": 0.1}), grid)
+    with pytest.raises(ConfigError) as err:        # round 2 configured without round 1's aggregate_train
+        s.configure_train(2, ArrayRecord([np.zeros(3)]), ConfigRecord({"lr": 0.1}), grid)
+    assert err.value.key == "strategy" and "aggregate_train" in str(err.value)
 
 
 @pytest.mark.parametrize("kwargs,key", [({"bands": 0}, "bands"), ({"bands": 2.5}, "bands"),
+                                        ({"bands": "4", "participation": "fixed"}, "bands"),
+                                        ({"bands": 8, "bandmf_coefficients": "optimized", "num_rounds": 5},
+                                         "num_rounds"),
+                                        ({"bands": 4, "accountant": "fl_userdp.accounting.prv:PrvAccountant"},
+                                         "accountant"),
                                         ({"participation": "all"}, "participation"),
                                         ({"participation": "fixed", "bands": 4}, "sampling_rate"),
                                         ({"bandmf_coefficients": "best", "bands": 4}, "bandmf_coefficients"),
