@@ -142,6 +142,7 @@ def test_huggingface_fedavg_as_written(tmp_path, tiny_bert):
     assert run.log.count(f"configure_train: Sampled {S.cohort} nodes (out of {S.supernodes})") == S.rounds
 
 
+@pytest.mark.bench   # opt-in (pytest --run-bench), about 30 s: the PyTorch examples below run in the default suite
 def test_huggingface_userdp_dropin(tmp_path, tiny_bert):
     check_dropin(huggingface_run("userdp", tmp_path, tiny_bert))
 

@@ -16,7 +16,9 @@ from fl_userdp.records import report
 from fl_userdp.records.release_log import log_path, read_log
 from ray_procs import actor_pids
 
-pytestmark = pytest.mark.slow
+# opt-in (pytest --run-bench): 24 rounds through Ray, about 30 s; the default suite's two-node loopback test
+# (tests/server/test_e2e_simulation.py) kills an actor of a real run and checks that it heals and finishes
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 24
 
