@@ -33,7 +33,8 @@ amplification; this wrapper is what the Poisson-subsampled Gaussian analysis ass
 
 Cyclic participation and banded noise (`bands=b > 1`, as cross-device deployments sample). At round 1 the N
 nodes are split into b groups by a permutation that depends on nothing but the seed (or OS entropy); release i
-samples within group (i − 1) mod b only — each node of the group with probability q (`participation="poisson"`),
+samples within group (i − 1) mod b only (i counted from the first release of this ServerApp's segment,
+below) — each node of the group with probability q (`participation="poisson"`),
 or every node of it (`participation="fixed"`, q = 1) — so a node's participations are at least b releases apart.
 The noise is banded (`fl_userdp.mechanism.bandmf`: σC·(C⁻¹z)_i, C the b-banded Toeplitz strategy of
 `bandmf_coefficients`, a stream with a buffer of b − 1 noise vectors) and the released sum is divided by the
@@ -401,9 +402,9 @@ class UserDP(Strategy):
             "multiplier %s, clipping norm C=%g, delta %g, %s, accountant %s, %s", self.label, self.q, sigma,
             self.clip, self.delta, budget, self.accountant_name, noise)
         if self.bands > 1:
-            log(INFO, "\t├── cyclic participation: %d groups of nodes, release i samples group (i - 1) mod %d (%s); "
-                "banded noise (%s coefficients, a secret buffer of %d noise vectors in memory); epsilon counts "
-                "ceil(releases/%d) participations per segment", self.bands, self.bands,
+            log(INFO, "\t├── cyclic participation: %d groups of nodes, the i-th release of a segment samples group "
+                "(i - 1) mod %d (%s); banded noise (%s coefficients, a secret buffer of %d noise vectors in "
+                "memory); epsilon counts ceil(releases/%d) participations per segment", self.bands, self.bands,
                 "each node with probability q" if self.participation == "poisson" else "every node of the group",
                 self.coefficient_kind, self.bands - 1, self.bands)
         if self.clipping == "server":
@@ -618,8 +619,9 @@ class UserDP(Strategy):
             np.random.default_rng(int.from_bytes(SecureGenerator().random(4).tobytes(), "little"))
         group = cyclic_groups(rng, len(nodes), self.bands)
         self.groups = [[n for n, g in zip(nodes, group) if g == k] for k in range(self.bands)]
-        log(INFO, "%s: %d nodes in %d cyclic groups of %d to %d (release i samples group (i - 1) mod %d: a node's "
-            "participations are >= %d releases apart); banded noise buffer %d x d floats (secret, in memory)",
+        log(INFO, "%s: %d nodes in %d cyclic groups of %d to %d (the i-th release of this segment samples group "
+            "(i - 1) mod %d: a node's participations are >= %d releases apart); banded noise buffer %d x d floats "
+            "(secret, in memory)",
             self.label, len(nodes), self.bands, min(map(len, self.groups)), max(map(len, self.groups)), self.bands,
             self.bands, self.bands - 1)
 
