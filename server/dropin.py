@@ -243,7 +243,8 @@ class UserDP(Strategy):
         if self.bands > 1 and accountant not in ("pld", "rdp", "group"):
             raise ConfigError("accountant", accountant, "must be 'pld', 'rdp' or 'group' with bands > 1 (a plug-in "
                               "accountant does not know banded noise over cyclic groups)")
-        # banded: the ledger composes one participation (the event at b = 1) at the first release of each cycle
+        # the ledger composes one participation (the event at b = 1) at the first release of each cycle of b
+        # releases (every release when b = 1, where it is self.event itself)
         self.participation_event = make_event("uls", self.q, self.sigma)
         self.accountant = make_accountant(accountant, self.delta, "accountant")
         check_supports(self.accountant, self.event, accountant, "accountant")
@@ -569,9 +570,7 @@ class UserDP(Strategy):
             if self.bands > 1:
                 entry["segment"] = self.segment
             self._log.append(entry, np.zeros(0))
-        if self.bands == 1:
-            self.accountant.compose(self.event)
-        elif self._starts_cycle(index):
+        if self._starts_cycle(index):
             self.accountant.compose(self.participation_event)
         self.releases, self._last_round = index, server_round
         eps = self.epsilon
@@ -618,7 +617,9 @@ class UserDP(Strategy):
         rng = rng_for(self.seed, "groups") if self.seed is not None else \
             np.random.default_rng(int.from_bytes(SecureGenerator().random(4).tobytes(), "little"))
         group = cyclic_groups(rng, len(nodes), self.bands)
-        self.groups = [[n for n, g in zip(nodes, group) if g == k] for k in range(self.bands)]
+        self.groups = [[] for _ in range(self.bands)]
+        for node, g in zip(nodes, group):
+            self.groups[g].append(node)
         log(INFO, "%s: %d nodes in %d cyclic groups of %d to %d (the i-th release of this segment samples group "
             "(i - 1) mod %d: a node's participations are >= %d releases apart); banded noise buffer %d x d floats "
             "(secret, in memory)",
@@ -696,14 +697,13 @@ class UserDP(Strategy):
     # -- helpers -----------------------------------------------------------------------------------------------
     def _epsilon_after(self) -> float:
         """ε after the next release (banded: unchanged unless it starts a cycle of b in this segment)."""
-        if self.bands == 1:
-            return float(self.accountant.epsilon_after(self.event))
         if not self._starts_cycle(self.releases + 1):
             return self.epsilon
         return float(self.accountant.epsilon_after(self.participation_event))
 
     def _starts_cycle(self, index: int) -> bool:
-        """Whether release `index` is the first of a cycle of b releases in this segment (a participation)."""
+        """Whether release `index` is the first of a cycle of b releases in this segment (a participation;
+        every release when b = 1)."""
         return (index - 1 - self.segment) % self.bands == 0
 
     def _update(self, rep: Message, keys: list[str], current: list[np.ndarray], trained: list[int],

@@ -26,19 +26,11 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 import report  # noqa: E402  (experiments/crossover/report.py)
 import run  # noqa: E402  (experiments/crossover/run.py)
+from experiments.compute.report import call_of as firm  # noqa: E402  (the advisor's own rule for a firm call)
 from experiments.results_log import commit, load  # noqa: E402
 
 OUT = HERE / "advised_again.jsonl"
 TABLE = HERE / "advised_again.md"
-
-
-def firm(pred: dict) -> str:
-    """'els', 'uls' or 'close' by the advisor's own rule (too_close; one algorithm when both best caps are 1)."""
-    from fl_userdp.study.advisor import too_close
-    interval = tuple(pred["interval"]) if pred.get("interval") else None
-    if too_close(pred["margin"], interval, pred["els"]["cap"] == 1 and pred["uls"]["cap"] == 1):
-        return "close"
-    return "els" if pred["margin"] > 1 else "uls"
 
 
 def predict(cells: list[dict], out: Path) -> dict:
