@@ -90,3 +90,23 @@ def test_tuning_steps_past_an_edge_and_stops(monkeypatch):
     best = run.tune(Fake(), [("c", "uls", 8.0, 25)], lambda c: (100,))
     lr, cap, clip = best[("c", "uls", 8.0, 25)]
     assert lr == pytest.approx(0.001 / 3) and cap == 4 and clip == 0.5
+
+
+def test_the_bandmf_family_pairs_each_mode_with_the_matched_arm(tmp_path):
+    """Amendment 5a: banded rows 0.05 above the matched arm's for ULS only: M-uls decided (BandMF worse), M-els
+    not; the family is the three gap tests and the two mechanism contrasts, Holm over those five."""
+    rng = np.random.default_rng(1)
+    out = []
+    for s in range(6):
+        for e in (1.0, 8.0):
+            for t in (25, 400):
+                for mode in ("uls", "els"):
+                    base = 2.0 + 0.01 * s + rng.normal(0, 1e-4)
+                    for arm, shift in (("shakespeare-cap4", 0.0), ("shakespeare-bmf16", 0.05 if mode == "uls" else 0)):
+                        out.append({"key": f"report|{arm}|{mode}|eps{e:g}|T{t}|seed{s}", "eval_loss": base + shift,
+                                    "config": {}})
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    tests = report.bandmf_family(report.report_rows(tmp_path / "r.jsonl"))
+    assert sorted(tests) == ["H1a-bmf", "H1b-bmf", "H2-bmf", "M-els", "M-uls"]
+    assert tests["M-uls"]["mean"] == pytest.approx(0.05, abs=1e-3) and tests["M-uls"]["decided"]
+    assert not tests["M-els"]["decided"] and tests["M-uls"]["n"] == 6
